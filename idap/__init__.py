@@ -1,0 +1,26 @@
+"""IDAP++: divergence-based structured pruning at filter level and layer level, as a PyTorch library.
+
+Example:
+    >>> import idap                                                              # doctest: +SKIP
+    >>> data = idap.load_dataset("digits")                                       # doctest: +SKIP
+    >>> model = idap.create_model("cnn_small", 10, 1, 8)                         # doctest: +SKIP
+    >>> result = idap.compress(model, data, idap.Recipe(max_accuracy_drop=1.0))  # doctest: +SKIP
+    >>> idap.save_bundle(result.model, "out/model", input_shape=(1, 8, 8))       # doctest: +SKIP
+"""
+
+from idap.bundle import BundleError, export_onnx, load_bundle, save_bundle
+from idap.compress import CompressionResult, compress
+from idap.config import ConfigError, Recipe
+from idap.data import DataError, DataSplits, load_dataset
+from idap.divergence import FlowProfile, flow_profile
+from idap.importance import create_importance, list_importances
+from idap.models import ModelError, create_model, list_models, register_model
+from idap.steps import StepRecord
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BundleError", "CompressionResult", "ConfigError", "DataError", "DataSplits", "FlowProfile", "ModelError",
+    "Recipe", "StepRecord", "compress", "create_importance", "create_model", "export_onnx", "flow_profile",
+    "list_importances", "list_models", "load_bundle", "load_dataset", "register_model", "save_bundle",
+]

@@ -1,0 +1,5 @@
+import sys
+
+from idap.cli import main
+
+sys.exit(main())

@@ -1,0 +1,252 @@
+"""Command line over the library: ``data fetch``, ``train``, ``compress``, ``evaluate``.
+
+This is the plain-PyTorch CLI (``python -m idap``). The ``idap`` console script lives at the edge
+(``pipelines.cli``): it adds MLflow tracking, S3 locations and the pipeline commands by handing these
+functions callbacks, so the library never imports orchestration code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from idap.bundle import BundleError, export_onnx, load_bundle, save_bundle
+from idap.compress import CompressionResult, compress
+from idap.config import ConfigError, Recipe
+from idap.data import DataError, fetch_dataset, list_datasets, load_dataset
+from idap.metrics import resolve_device
+from idap.models import ModelError, create_model, list_models
+from idap.recovery import train
+from idap.report import compression_report, evaluate_model, write_report
+from idap.steps import StepRecord
+
+USER_ERRORS = (ConfigError, DataError, ModelError, BundleError, FileNotFoundError, ValueError)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def print_step(step: StepRecord) -> None:
+    """Default progress line for a trajectory step."""
+    what = step.removed.get("block") or ", ".join(
+        f"{sum(v.values())} {k}" for k, v in step.removed.items() if isinstance(v, dict) and v) or ""
+    log(f"[{step.stage} {step.index}] {step.action:<12} params={step.params:,} MACs={step.macs:,} "
+        f"val={step.val_acc:.2f}% {what} {step.note} ({step.seconds:.1f}s)".rstrip())
+
+
+# ---- arguments ---------------------------------------------------------------------------------
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help=f"one of {list_datasets()}, an ImageFolder dir or an .npz file")
+    p.add_argument("--data-root", default=None, help="where datasets live (default: $IDAP_DATA_ROOT or ./data)")
+    p.add_argument("--train-limit", type=int, default=None, help="subsample the training split (quick runs)")
+    p.add_argument("--test-limit", type=int, default=None, help="subsample the test split (quick runs)")
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="YAML recipe (see recipes/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field, e.g. --set filter.steps=10 (repeatable)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, help="budget Δ in percentage points")
+    p.add_argument("--target-macs-reduction", type=float, default=None, help="e.g. 2 = stop at 2x fewer MACs")
+    p.add_argument("--target-params-reduction", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+    flags = {"max_accuracy_drop": args.max_accuracy_drop, "target_macs_reduction": args.target_macs_reduction,
+             "target_params_reduction": args.target_params_reduction, "seed": args.seed, "device": args.device}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if overrides:
+        recipe = recipe.with_overrides(overrides)
+    return recipe.with_overrides(args.overrides) if args.overrides else recipe
+
+
+def load_data_for(args: argparse.Namespace, recipe: Recipe | None = None, seed: int = 0):
+    kw = {}
+    if recipe is not None:
+        kw = {"calibration_size": recipe.calibration_size, "validation_size": recipe.validation_size}
+        seed = recipe.seed
+    return load_dataset(args.dataset, root=args.data_root, seed=seed, train_limit=args.train_limit,
+                        test_limit=args.test_limit, **kw)
+
+
+# ---- commands ----------------------------------------------------------------------------------
+def cmd_data(args: argparse.Namespace) -> int:
+    path = fetch_dataset(args.name, args.data_root)
+    data = load_dataset(args.name, root=args.data_root)
+    print(json.dumps({"path": str(path), **data.describe()}, indent=2))
+    return 0
+
+
+def train_dense(model_name: str, data, *, epochs: float, seed: int, device: str = "auto", lr: float = 0.05,
+                batch_size: int = 128, progress: bool = True):
+    """Train a dense baseline from random init; returns (model, metrics)."""
+    torch.manual_seed(seed)
+    model = create_model(model_name, data.num_classes, data.in_channels, data.image_size)
+    dev = resolve_device(device)
+    started = time.perf_counter()
+    train(model, data.train_x, data.train_y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
+          progress=progress)
+    metrics = evaluate_model(model, data, device=dev)
+    metrics.update({"epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - started, 1),
+                    "dataset": data.describe()})
+    return model.cpu().eval(), metrics
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    data = load_data_for(args, seed=args.seed)
+    model, metrics = train_dense(args.model, data, epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
+                                 batch_size=args.batch_size, progress=not args.quiet)
+    out = Path(args.out)
+    save_bundle(model, out, input_shape=_shape(data), recipe={"train": vars_json(args)}, metadata={"metrics": metrics})
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    log(f"dense {args.model}: val {metrics['val_acc']:.2f}% test {metrics['test_acc']:.2f}% -> {out}")
+    print(json.dumps({k: v for k, v in metrics.items() if k != "dataset"}))
+    return 0
+
+
+def run_compress(
+    args: argparse.Namespace,
+    *,
+    on_step: Callable[[StepRecord], None] | None = None,
+) -> tuple[Path, dict, CompressionResult]:
+    """The body of ``compress``: reusable by the edge, which adds tracking through ``on_step``."""
+    recipe = recipe_from_args(args)
+    data = load_data_for(args, recipe)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.model_dir:
+        dense = load_bundle(args.model_dir)
+    else:
+        log(f"no --model-dir: training a dense {args.model} for {args.train_epochs} epochs first")
+        dense, _ = train_dense(args.model, data, epochs=args.train_epochs, seed=recipe.seed, device=recipe.device,
+                               progress=not getattr(args, "quiet", False))
+        save_bundle(dense, out / "dense", input_shape=_shape(data), recipe={"train_epochs": args.train_epochs})
+    arch = getattr(dense, "idap_arch", {})
+    if arch.get("num_classes") not in (None, data.num_classes) or arch.get("in_channels") not in (None, data.in_channels):
+        raise ValueError(f"model expects {arch.get('in_channels')} channels / {arch.get('num_classes')} classes, "
+                         f"dataset {data.name} has {data.in_channels} / {data.num_classes}")
+    steps = []
+
+    def step(rec: StepRecord) -> None:
+        steps.append(rec)
+        print_step(rec)
+        if on_step is not None:
+            on_step(rec)
+
+    result = compress(dense, data, recipe, on_step=step, progress=not getattr(args, "quiet", False))
+    model = result.model.cpu()
+    log("measuring dense vs compressed (accuracy, MACs, latency)...")
+    report = compression_report(result.dense.cpu(), model, data, recipe=recipe.to_dict(),
+                                steps=[s.to_json() for s in result.steps], profile=result.profile.to_json(),
+                                latency=not args.no_latency, extra={"compress_seconds": round(result.seconds, 1)})
+    metadata = {"report": {k: report[k] for k in ("dense", "compressed", "ratios")}, "dataset": data.describe(),
+                "recipe_digest": recipe.digest(), "base_model": args.model_dir or args.model}
+    save_bundle(model, out / "model", input_shape=_shape(data), recipe=recipe.to_dict(), metadata=metadata)
+    if not args.no_onnx:
+        export_onnx(model, out / "model.onnx", input_shape=_shape(data))
+    (out / "recipe.yaml").write_text(recipe.to_yaml())
+    write_report(report, out)
+    r = report["ratios"]
+    log(f"compressed: {r['macs_reduction']:.2f}x fewer MACs, {r['params_reduction']:.2f}x fewer params, "
+        f"speed-up {r['speedup_b1'] or float('nan'):.2f}x, val drop {r['val_acc_drop_pp']:.2f} pp, "
+        f"test {report['compressed']['test_acc']:.2f}% -> {out}")
+    return out, report, result
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    _, report, _ = run_compress(args)
+    print(json.dumps({"out": args.out, **report["ratios"], "test_acc": report["compressed"]["test_acc"]}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    model = load_bundle(args.model_dir)
+    data = load_data_for(args, seed=args.seed)
+    dev = resolve_device(args.device or "auto")
+    result = evaluate_model(model, data, device=dev)
+    if not args.no_latency:
+        from idap.report import measure_speed
+
+        result.update(measure_speed({"m": model.cpu()}, _shape(data))["m"])
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _shape(data) -> tuple[int, int, int]:
+    return (data.in_channels, data.image_size, data.image_size)
+
+
+def vars_json(args: argparse.Namespace) -> dict:
+    return {k: v for k, v in vars(args).items() if isinstance(v, (str, int, float, bool, type(None), list))}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="idap", description="IDAP++ divergence-based structured pruning")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("data", help="datasets")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    f = dsub.add_parser("fetch", help="obtain a builtin dataset and print its description")
+    f.add_argument("name", choices=list_datasets())
+    f.add_argument("--data-root", default=None)
+    f.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("train", help="train a dense baseline -> bundle + metrics.json")
+    p.add_argument("--model", required=True, help=f"one of {list_models()} or package.module:factory")
+    add_data_args(p)
+    p.add_argument("--epochs", type=float, default=5)
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--out", required=True)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("compress", help="compress a model with IDAP++ -> DIR/model, DIR/report.{json,md}")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model-dir", help="a bundle (from idap train or another compress)")
+    src.add_argument("--model", help="a registered model name: a dense baseline is trained first")
+    p.add_argument("--train-epochs", type=float, default=3, help="with --model: epochs of the dense baseline")
+    add_data_args(p)
+    add_recipe_args(p)
+    p.add_argument("--out", required=True)
+    p.add_argument("--no-latency", action="store_true", help="skip latency/throughput measurement")
+    p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("evaluate", help="evaluate a bundle -> JSON on stdout")
+    p.add_argument("--model-dir", required=True)
+    add_data_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+    p.add_argument("--no-latency", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run a parsed command; user errors become one clear line and exit code 2."""
+    try:
+        return args.func(args)
+    except USER_ERRORS as exc:
+        log(f"error: {type(exc).__name__}: {exc}")
+        return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(build_parser().parse_args(argv))
+
+
+__all__ = ["build_parser", "main", "run", "run_compress", "train_dense"]

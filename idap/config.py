@@ -1,0 +1,258 @@
+"""Recipes: every setting of an IDAP++ run, as frozen dataclasses loadable from YAML.
+
+A recipe is a versioned artifact (like SparseML's): it is saved beside every compressed model and
+logged with every run, so a result can be reproduced from it alone.
+
+Example:
+    >>> r = Recipe.from_dict({"max_accuracy_drop": 1.0, "filter": {"p0": 0.1}})
+    >>> r.with_overrides(["filter.steps=5", "seed=3"]).filter.steps
+    5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+RECIPE_VERSION = 1
+
+
+class ConfigError(ValueError):
+    """An invalid recipe setting; the message names the field and its valid range."""
+
+
+def _check(cond: bool, name: str, rule: str, value: Any) -> None:
+    if not cond:
+        raise ConfigError(f"{name} must be {rule}, got {value!r}")
+
+
+def _one_of(name: str, value: Any, choices: tuple) -> None:
+    _check(value in choices, name, f"one of {list(choices)}", value)
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Reject values whose type does not match the field's default (YAML gives strings easily)."""
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        default = f.default if f.default is not dataclasses.MISSING else None
+        name = f"{prefix}{f.name}"
+        if default is None or isinstance(default, (FilterStageConfig, LayerStageConfig, RecoveryConfig)):
+            if f.name.startswith("target_") and value is not None:
+                _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+            continue
+        if isinstance(default, bool):
+            _check(isinstance(value, bool), name, "true or false", value)
+        elif isinstance(default, int):
+            _check(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        elif isinstance(default, float):
+            _check(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        elif isinstance(default, str):
+            _check(isinstance(value, str), name, "a string", value)
+
+
+@dataclass(frozen=True)
+class FilterStageConfig:
+    """Stage 1: iterative, globally ranked channel pruning (spec §2)."""
+
+    enabled: bool = True
+    importance: str = "idap"  # idap | l1 | taylor | lamp | fpgm | random
+    p0: float = 0.05  # first step's fraction of the prunable channels
+    steps: int = 20  # T, the schedule's length
+    alpha: float = 1.5  # p_t = p0 * (1 + t/T) ** alpha
+    min_channels: int = 8  # per-layer floor: keep at least max(min_channels, min_fraction * original)
+    min_fraction: float = 0.1
+    score_point: str = "pre"  # pre: ReLU of the raw conv/linear output (parity); post: after norm + ReLU
+    score_pointwise: bool = True  # score 1x1 convs (the authors' code never did)
+    prune_heads: bool = True  # attention heads of ViTs, ranked by the head score
+
+    def __post_init__(self):
+        _check_types(self, "filter.")
+        _one_of("filter.importance", self.importance, ("idap", "l1", "taylor", "lamp", "fpgm", "random"))
+        _check(0 < self.p0 < 1, "filter.p0", "in (0, 1)", self.p0)
+        _check(isinstance(self.steps, int) and 1 <= self.steps <= 1000, "filter.steps", "an integer in [1, 1000]", self.steps)
+        _check(0 <= self.alpha <= 10, "filter.alpha", "in [0, 10]", self.alpha)
+        _check(isinstance(self.min_channels, int) and self.min_channels >= 1, "filter.min_channels", "an integer >= 1", self.min_channels)
+        _check(0 <= self.min_fraction < 1, "filter.min_fraction", "in [0, 1)", self.min_fraction)
+        _one_of("filter.score_point", self.score_point, ("pre", "post"))
+
+
+@dataclass(frozen=True)
+class LayerStageConfig:
+    """Stage 2: flow-guided removal of whole shape-preserving blocks (spec §3)."""
+
+    enabled: bool = True
+    block_score: str = "divergence"  # divergence | channel_mean | block_influence | random
+    max_removals: int = 5  # K
+    epsilon: float = 0.5  # max accuracy drop (pp) since stage 2 began, per accepted block
+    exact_removals: bool = False  # benchmark mode: remove exactly max_removals blocks, no accept/revert test
+    # Share of a MACs target (in log space) left to this stage: stage 1 stops at target ** (1 - share),
+    # blocks take it the rest of the way. 0 = stage 1 may reach the whole target on its own.
+    target_share: float = 0.0
+
+    def __post_init__(self):
+        _check_types(self, "layer.")
+        _one_of("layer.block_score", self.block_score, ("divergence", "channel_mean", "block_influence", "random"))
+        _check(isinstance(self.max_removals, int) and 0 <= self.max_removals <= 1000, "layer.max_removals", "an integer in [0, 1000]", self.max_removals)
+        _check(0 <= self.epsilon <= 100, "layer.epsilon", "in [0, 100] percentage points", self.epsilon)
+        _check(0 <= self.target_share < 1, "layer.target_share", "in [0, 1)", self.target_share)
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    """Distillation fine-tuning after each step and at the end (spec §4)."""
+
+    step_budget: int = 100  # optimizer steps after each pruning step / block removal
+    final_budget: int = 1500  # optimizer steps of the final fine-tune (never 0 by default)
+    batch_size: int = 128
+    lr: float = 1e-3
+    final_lr: float = 1e-3
+    weight_decay: float = 1e-4
+    lambda_feat: float = 0.5  # feature L1 at the activation taps (parity)
+    lambda_kd: float = 0.0  # logit KD weight (parity: off)
+    tau: float = 4.0
+    teacher: str = "previous"  # previous (parity) | dense, for the per-step recovery; the final fine-tune uses the dense model
+    augment: bool = True  # random shifts / flips of the training tensors
+
+    def __post_init__(self):
+        _check_types(self, "recovery.")
+        for name in ("step_budget", "final_budget"):
+            v = getattr(self, name)
+            _check(isinstance(v, int) and 0 <= v <= 10**7, f"recovery.{name}", "an integer >= 0", v)
+        _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "recovery.batch_size", "an integer in [1, 65536]", self.batch_size)
+        for name in ("lr", "final_lr"):
+            v = getattr(self, name)
+            _check(0 < v < 10, f"recovery.{name}", "in (0, 10)", v)
+        _check(0 <= self.weight_decay < 1, "recovery.weight_decay", "in [0, 1)", self.weight_decay)
+        _check(self.lambda_feat >= 0, "recovery.lambda_feat", ">= 0", self.lambda_feat)
+        _check(self.lambda_kd >= 0, "recovery.lambda_kd", ">= 0", self.lambda_kd)
+        _check(self.tau > 0, "recovery.tau", "> 0", self.tau)
+        _one_of("recovery.teacher", self.teacher, ("previous", "dense"))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """All settings of one compression run. Percentages are percentage points (pp)."""
+
+    version: int = RECIPE_VERSION
+    seed: int = 0
+    max_accuracy_drop: float = 1.0  # budget Δ, pp of validation accuracy vs the dense model
+    target_macs_reduction: float | None = None  # e.g. 2.0 = stop at 2x fewer MACs
+    target_params_reduction: float | None = None
+    calibration_size: int = 2048
+    validation_size: int = 5000
+    eval_batch_size: int = 512
+    device: str = "auto"  # auto | cpu | cuda
+    filter: FilterStageConfig = field(default_factory=FilterStageConfig)
+    layer: LayerStageConfig = field(default_factory=LayerStageConfig)
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+
+    def __post_init__(self):
+        _check_types(self, "")
+        _check(self.version == RECIPE_VERSION, "version", f"{RECIPE_VERSION}", self.version)
+        _check(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
+        _check(0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop", "in [0, 100] percentage points", self.max_accuracy_drop)
+        for name in ("target_macs_reduction", "target_params_reduction"):
+            v = getattr(self, name)
+            _check(v is None or 1 < v <= 1000, name, "empty or a factor in (1, 1000] (2.0 = half)", v)
+        _check(isinstance(self.calibration_size, int) and self.calibration_size >= 1, "calibration_size", "an integer >= 1", self.calibration_size)
+        _check(isinstance(self.validation_size, int) and self.validation_size >= 1, "validation_size", "an integer >= 1", self.validation_size)
+        _check(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        _one_of("device", self.device, ("auto", "cpu", "cuda"))
+
+    # ---- construction -------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: dict | None) -> Recipe:
+        data = dict(data or {})
+        nested = {"filter": FilterStageConfig, "layer": LayerStageConfig, "recovery": RecoveryConfig}
+        kwargs: dict[str, Any] = {}
+        valid = {f.name for f in fields(cls)}
+        for key, value in data.items():
+            if key not in valid:
+                raise ConfigError(f"unknown recipe field {key!r}; valid fields: {sorted(valid)}")
+            if key in nested:
+                if not isinstance(value, dict):
+                    raise ConfigError(f"{key} must be a mapping, got {value!r}")
+                sub_valid = {f.name for f in fields(nested[key])}
+                for sub in value:
+                    if sub not in sub_valid:
+                        raise ConfigError(f"unknown recipe field {key}.{sub!r}; valid fields: {sorted(sub_valid)}")
+                kwargs[key] = nested[key](**value)
+            else:
+                kwargs[key] = value
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - guarded above
+            raise ConfigError(str(exc)) from exc
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"recipe file {path} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"recipe file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"recipe file {path} must hold a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+    def with_overrides(self, overrides: list[str] | dict[str, Any]) -> Recipe:
+        """Apply `section.field=value` overrides (values parsed as YAML scalars)."""
+        items = overrides.items() if isinstance(overrides, dict) else (_split_override(o) for o in overrides)
+        data = self.to_dict()
+        for key, value in items:
+            parts = key.split(".")
+            target = data
+            for part in parts[:-1]:
+                if not isinstance(target.get(part), dict):
+                    raise ConfigError(f"unknown recipe field {key!r}")
+                target = target[part]
+            if parts[-1] not in target:
+                raise ConfigError(f"unknown recipe field {key!r}")
+            target[parts[-1]] = value
+        return Recipe.from_dict(data)
+
+    def replace(self, **changes) -> Recipe:
+        return replace(self, **changes)
+
+    # ---- serialization ------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Flattened `section.field` view, e.g. for MLflow params."""
+        out: dict[str, Any] = {}
+        for key, value in self.to_dict().items():
+            if isinstance(value, dict):
+                out.update({f"{key}.{k}": v for k, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def digest(self) -> str:
+        """Short content hash of the recipe, for lineage tags."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _split_override(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.field=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from exc
+    return key.strip(), value
+
+
+__all__ = ["ConfigError", "FilterStageConfig", "LayerStageConfig", "RecoveryConfig", "Recipe"]

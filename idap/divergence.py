@@ -1,0 +1,225 @@
+"""Information-flow divergence scores (spec §1): channel, attention-head and block scores.
+
+Scoring is pure: the model is put in eval mode for one pass over the calibration tensors, observed
+through forward hooks that are always removed, and handed back unchanged (training flag restored).
+
+Example:
+    >>> profile = flow_profile(model, calib_x, blocks=["layer1.1"])          # doctest: +SKIP
+    >>> profile.channel["layer1.0.conv1"].shape, profile.blocks["layer1.1"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from idap.activations import forward_hooks
+
+BLOCK_METRICS = ("divergence", "block_influence", "channel_mean", "random")
+EPS = 1e-8
+
+
+def positions_norm(z: Tensor) -> Tensor:
+    """Per-sample, per-channel L2 norm over positions of φ(Z) = ReLU(Z): (B, C).
+
+    Channel axis: 1 for conv maps (B, C, H, W) and plain linears (B, C); last for token-shaped
+    linear outputs (B, N, C).
+    """
+    z = torch.relu(z.float())
+    if z.dim() == 2:
+        return z
+    if z.dim() == 3:  # (B, N, C): tokens are the positions
+        return z.pow(2).sum(dim=1).sqrt()
+    return z.flatten(2).pow(2).sum(dim=2).sqrt()
+
+
+def num_positions(z: Tensor) -> int:
+    if z.dim() == 2:
+        return 1
+    if z.dim() == 3:
+        return z.shape[1]
+    return int(torch.tensor(z.shape[2:]).prod())
+
+
+def channel_score(mean_norms: Tensor, weight: Tensor, positions: int) -> Tensor:
+    """s_c = a_c · ||W_c||_2 / (C · |P|), with a_c the sample mean of the position norms."""
+    channels = weight.shape[0]
+    w_norm = weight.detach().float().flatten(1).norm(dim=1)
+    return mean_norms * w_norm / (channels * positions)
+
+
+def head_score(per_head: Tensor, q_weight: Tensor, k_weight: Tensor, v_weight: Tensor, num_heads: int) -> Tensor:
+    """s_h = mean_b(||O_h||_F / N) · (||W_Q^h||_F + ||W_K^h||_F + ||W_V^h||_F).
+
+    Args:
+        per_head: (B, H, N, d) attention output per head, before the output projection.
+    """
+    tokens = per_head.shape[2]
+    out_norm = per_head.float().flatten(2).norm(dim=2).mean(dim=0) / tokens  # (H,)
+    return out_norm * _head_weight_norms(q_weight, k_weight, v_weight, num_heads)
+
+
+def _head_weight_norms(q_weight: Tensor, k_weight: Tensor, v_weight: Tensor, num_heads: int) -> Tensor:
+    return sum(w.detach().float().cpu().reshape(num_heads, -1).norm(dim=1) for w in (q_weight, k_weight, v_weight))
+
+
+def block_divergence(x: Tensor, y: Tensor) -> Tensor:
+    """Per-sample D = ||y − x||_2 / (||y||_2 + ε): low means the block barely transforms its input."""
+    x, y = x.flatten(1).float(), y.flatten(1).float()
+    return (y - x).norm(dim=1) / (y.norm(dim=1) + EPS)
+
+
+def block_influence(x: Tensor, y: Tensor) -> Tensor:
+    """ShortGPT's block influence per sample: 1 − cos(x, y)."""
+    return 1 - torch.nn.functional.cosine_similarity(x.flatten(1).float(), y.flatten(1).float(), dim=1, eps=EPS)
+
+
+def _is_attention(m: nn.Module) -> bool:
+    return hasattr(m, "per_head_output") and hasattr(m, "num_heads") and hasattr(m, "q_proj")
+
+
+def _is_pointwise(m: nn.Module) -> bool:
+    return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
+
+
+def _following_norms(model: nn.Module) -> dict[str, str]:
+    """Map each conv/linear to the norm layer registered right after it (for score_point='post')."""
+    leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
+    out = {}
+    for (name, m), (next_name, nxt) in zip(leaves, leaves[1:], strict=False):
+        width = getattr(m, "out_channels", getattr(m, "out_features", None))
+        if isinstance(nxt, (nn.BatchNorm2d, nn.BatchNorm1d)) and nxt.num_features == width:
+            out[name] = next_name
+        elif isinstance(nxt, nn.LayerNorm) and tuple(nxt.normalized_shape) == (width,):
+            out[name] = next_name
+    return out
+
+
+@dataclass
+class FlowProfile:
+    """Scores of one calibration pass, keyed by qualified module name."""
+
+    channel: dict[str, Tensor] = field(default_factory=dict)  # s_c per conv/linear
+    heads: dict[str, Tensor] = field(default_factory=dict)  # s_h per attention module
+    blocks: dict[str, float] = field(default_factory=dict)  # block score (metric below)
+    block_metric: str = "divergence"
+    samples: int = 0
+
+    def to_json(self) -> dict:
+        return {
+            "samples": self.samples,
+            "block_metric": self.block_metric,
+            "layers": [
+                {"name": n, "channels": int(s.numel()), "mean": float(s.mean()), "min": float(s.min()),
+                 "max": float(s.max()), "scores": [float(v) for v in s]}
+                for n, s in self.channel.items()
+            ],
+            "heads": {n: [float(v) for v in s] for n, s in self.heads.items()},
+            "blocks": dict(self.blocks),
+        }
+
+
+@torch.no_grad()
+def flow_profile(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    blocks: Iterable[str] = (),
+    block_metric: str = "divergence",
+    point: str = "pre",
+    score_pointwise: bool = True,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+) -> FlowProfile:
+    """Channel, head and block scores from one forward pass over ``x`` (the calibration split).
+
+    Args:
+        blocks: names of shape-preserving blocks to score (stage 2 candidates).
+        block_metric: divergence (IDAP++), block_influence (ShortGPT), channel_mean (authors' code), random.
+        point: "pre" scores ReLU(raw conv/linear output) (parity); "post" the following norm's output.
+        score_pointwise: when False, 1x1 convs score 0 (the authors' code never scored them).
+    """
+    if block_metric not in BLOCK_METRICS:
+        raise ValueError(f"block_metric must be one of {list(BLOCK_METRICS)}, got {block_metric!r}")
+    if point not in ("pre", "post"):
+        raise ValueError(f"point must be 'pre' or 'post', got {point!r}")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    named = dict(model.named_modules())
+    blocks = list(blocks)
+    missing = [b for b in blocks if b not in named]
+    if missing:
+        raise ValueError(f"unknown block names {missing}")
+
+    scored = {n: m for n, m in named.items() if isinstance(m, (nn.Conv2d, nn.Linear))}
+    inside_attention = {f"{n}.{c}" for n, m in named.items() if _is_attention(m) for c, _ in m.named_modules() if c}
+    scored = {n: m for n, m in scored.items() if n not in inside_attention}
+    # which module's output is observed for each scored layer
+    follow = _following_norms(model) if point == "post" else {}
+    observe = {n: follow.get(n, n) for n in scored}
+    by_observed: dict[str, list[str]] = {}
+    for layer, obs in observe.items():
+        by_observed.setdefault(obs, []).append(layer)
+
+    sums: dict[str, Tensor] = {}
+    positions: dict[str, int] = {}
+    head_sums: dict[str, Tensor] = {}
+    block_sums: dict[str, float] = dict.fromkeys(blocks, 0.0)
+    attention = {n: m for n, m in named.items() if _is_attention(m)}
+
+    def on_forward(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
+        if name in by_observed and isinstance(output, Tensor):
+            norms = positions_norm(output).sum(dim=0)
+            for layer in by_observed[name]:
+                sums[layer] = sums.get(layer, 0) + norms
+                positions[layer] = num_positions(output)
+        if name in attention:
+            per_head = module.per_head_output(inputs[0])
+            tokens = per_head.shape[2]
+            s = per_head.float().flatten(2).norm(dim=2).sum(dim=0) / tokens
+            head_sums[name] = head_sums.get(name, 0) + s
+        if name in block_sums and block_metric in ("divergence", "block_influence"):
+            y = output[0] if isinstance(output, tuple) else output
+            fn = block_divergence if block_metric == "divergence" else block_influence
+            block_sums[name] += float(fn(inputs[0], y).sum())
+
+    hooked = set(by_observed) | set(attention) | set(blocks)
+    was_training = model.training
+    model.eval()
+    total = 0
+    try:
+        with forward_hooks(((n, named[n]) for n in hooked), on_forward):
+            for start in range(0, len(x), batch_size):
+                batch = x[start:start + batch_size].to(device, non_blocking=True)
+                model(batch)
+                total += len(batch)
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValueError("the calibration split is empty")
+
+    profile = FlowProfile(block_metric=block_metric, samples=total)
+    for layer, module in scored.items():
+        if layer not in sums:
+            continue  # not reached by the forward pass (e.g. inside a removed branch)
+        s = channel_score(sums[layer].cpu() / total, module.weight.cpu(), positions[layer])
+        if not score_pointwise and _is_pointwise(module):
+            s = torch.zeros_like(s)
+        profile.channel[layer] = s
+    for name, m in attention.items():
+        if name in head_sums:
+            w = _head_weight_norms(m.q_proj.weight, m.k_proj.weight, m.v_proj.weight, m.num_heads)
+            profile.heads[name] = head_sums[name].cpu() / total * w
+    if block_metric in ("divergence", "block_influence"):
+        profile.blocks = {b: v / total for b, v in block_sums.items()}
+    elif block_metric == "channel_mean":
+        for b in blocks:
+            inner = [s.mean() for n, s in profile.channel.items() if n.startswith(b + ".")]
+            profile.blocks[b] = float(torch.stack(inner).mean()) if inner else 0.0
+    else:
+        gen = torch.Generator().manual_seed(seed)
+        profile.blocks = {b: float(v) for b, v in zip(blocks, torch.rand(len(blocks), generator=gen), strict=True)}
+    return profile

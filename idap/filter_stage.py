@@ -1,0 +1,180 @@
+"""Stage 1: iterative divergence-aware filter pruning (spec §2).
+
+Each step scores every dependency group, ranks all channels globally, removes the k_t lowest (per-layer
+floors respected, capped so a target is not overshot), recovers, and evaluates on the validation
+split. A step that breaks the accuracy budget is rolled back and ends the stage: the result is the
+last model within budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import torch
+from torch import nn
+
+from idap.importance import FlowImportance, Importance, ScoringContext, create_importance
+from idap.recovery import recover
+from idap.schedule import channels_to_remove, prune_fraction
+from idap.steps import SEED_FILTER, RunContext, StepRecord
+from idap.surgery import attention_modules, channel_floor, channel_groups, dependency_graph, prune_channels, prune_heads
+
+
+def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int]):
+    """Channels to remove this step, in rank order: a list of (group root name, channel index)."""
+    cfg = ctx.recipe.filter
+    groups = channel_groups(model, dependency_graph(model, ctx.input_shape))
+    scores, owners, caps, prunable = [], [], {}, 0
+    for g in groups:
+        original.setdefault(g.name, g.channels)
+        removable = g.channels - channel_floor(original[g.name], cfg.min_channels, cfg.min_fraction)
+        if removable <= 0:
+            continue
+        s = imp(g)
+        if s is None:
+            continue
+        caps[g.name] = removable
+        prunable += g.channels
+        scores.append(s.float())
+        owners.extend((g.name, c) for c in range(g.channels))
+    if not scores:
+        return []
+    k = channels_to_remove(t, cfg.steps, cfg.p0, cfg.alpha, prunable)
+    order = torch.argsort(torch.cat(scores), stable=True).tolist()
+    picks, taken = [], dict.fromkeys(caps, 0)
+    for i in order:
+        if len(picks) >= k:
+            break
+        name, channel = owners[i]
+        if taken[name] < caps[name]:
+            taken[name] += 1
+            picks.append((name, channel))
+    return picks
+
+
+def _plan_heads(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int]):
+    cfg = ctx.recipe.filter
+    attention = attention_modules(model)
+    if not cfg.prune_heads or not attention:
+        return []
+    head_scores = imp.head_scores(model)
+    entries, caps, prunable = [], {}, 0
+    for name, m in attention.items():
+        original.setdefault(name, m.num_heads)
+        removable = m.num_heads - max(1, math.ceil(cfg.min_fraction * original[name]))
+        if removable <= 0 or name not in head_scores:
+            continue
+        caps[name] = removable
+        prunable += m.num_heads
+        entries.extend((float(s), name, h) for h, s in enumerate(head_scores[name]))
+    k = math.floor(prune_fraction(t, cfg.steps, cfg.p0, cfg.alpha) * prunable)
+    picks, taken = [], dict.fromkeys(caps, 0)
+    for _, name, h in sorted(entries, key=lambda e: e[0]):
+        if len(picks) >= k:
+            break
+        if taken[name] < caps[name]:
+            taken[name] += 1
+            picks.append((name, h))
+    return picks
+
+
+def _apply(model: nn.Module, ctx: RunContext, channel_picks, head_picks) -> dict:
+    channels: dict[str, list[int]] = {}
+    for name, c in channel_picks:
+        channels.setdefault(name, []).append(c)
+    heads: dict[str, list[int]] = {}
+    for name, h in head_picks:
+        heads.setdefault(name, []).append(h)
+    prune_heads(model, heads)
+    prune_channels(model, ctx.input_shape, channels)
+    return {"channels": {k: len(v) for k, v in channels.items()}, "heads": {k: len(v) for k, v in heads.items()}}
+
+
+def _capped(model: nn.Module, ctx: RunContext, channel_picks, head_picks, macs_target: float | None):
+    """The shortest prefix of the ranked picks that reaches the target (binary search), or all of them."""
+    if macs_target is None and ctx.recipe.target_macs_reduction is None and ctx.recipe.target_params_reduction is None:
+        return channel_picks, head_picks
+    if not ctx.target_reached(_pruned_copy(model, ctx, channel_picks, head_picks), macs_target):
+        return channel_picks, head_picks
+    picks = [("c", p) for p in channel_picks] + [("h", p) for p in head_picks]
+    lo, hi = 1, len(picks)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        c = [p for kind, p in picks[:mid] if kind == "c"]
+        h = [p for kind, p in picks[:mid] if kind == "h"]
+        if ctx.target_reached(_pruned_copy(model, ctx, c, h), macs_target):
+            hi = mid
+        else:
+            lo = mid + 1
+    return [p for kind, p in picks[:lo] if kind == "c"], [p for kind, p in picks[:lo] if kind == "h"]
+
+
+def _pruned_copy(model: nn.Module, ctx: RunContext, channel_picks, head_picks) -> nn.Module:
+    trial = copy.deepcopy(model)
+    _apply(trial, ctx, channel_picks, head_picks)
+    return trial
+
+
+def run_filter_stage(
+    model: nn.Module,
+    ctx: RunContext,
+    *,
+    dense: nn.Module | None = None,
+    importance: Importance | None = None,
+    macs_target: float | None = None,
+) -> tuple[nn.Module, list[StepRecord]]:
+    """Prune channels (and attention heads) of ``model`` step by step; returns the kept model and its steps.
+
+    Args:
+        dense: the dense model, teacher when ``recovery.teacher == "dense"``.
+        importance: criterion (default: the recipe's ``filter.importance``). A prepared
+            :class:`FlowImportance` with a profile of ``model`` skips the first scoring pass.
+        macs_target: overrides the recipe's MACs target (the layer stage may take a share of it).
+    """
+    r = ctx.recipe
+    cfg = r.filter
+    imp = importance or create_importance(cfg.importance)
+    records: list[StepRecord] = []
+    original: dict[str, int] = {}
+    calib_x, calib_y = ctx.calib
+    model.to(ctx.device)
+    for t in range(cfg.steps):
+        started = time.perf_counter()
+        if ctx.target_reached(model, macs_target):
+            records.append(ctx.record(model, "filter", t, "stop", val_acc=_last_acc(records, ctx), started=started,
+                                      accepted=False, note="target reached"))
+            break
+        imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + SEED_FILTER + t,
+                                          device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))
+        channel_picks = _plan_channels(model, ctx, imp, t, original)
+        head_picks = _plan_heads(model, ctx, imp, t, original)
+        if isinstance(imp, FlowImportance):
+            imp.consume()
+        if not channel_picks and not head_picks:
+            records.append(ctx.record(model, "filter", t, "stop", val_acc=_last_acc(records, ctx), started=started,
+                                      accepted=False, note="nothing left to prune above the per-layer floors"))
+            break
+        channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
+        snapshot = copy.deepcopy(model)
+        removed = _apply(model, ctx, channel_picks, head_picks)
+        model.zero_grad(set_to_none=True)
+        teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
+        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
+                seed=r.seed + SEED_FILTER + t, device=ctx.device, progress=ctx.progress, desc=f"filter step {t} recovery")
+        acc = ctx.evaluate(model)
+        drop = ctx.dense_val_acc - acc
+        if drop > r.max_accuracy_drop:
+            rec = ctx.record(model, "filter", t, "rollback", val_acc=acc, started=started, accepted=False, removed=removed,
+                             note=f"accuracy drop {drop:.2f} pp > budget {r.max_accuracy_drop} pp: step rolled back")
+            records.append(rec)
+            model = snapshot
+            break
+        records.append(ctx.record(model, "filter", t, "prune", val_acc=acc, started=started, removed=removed))
+    return model, records
+
+
+def _last_acc(records: list[StepRecord], ctx: RunContext) -> float:
+    kept = [r for r in records if r.accepted]
+    return kept[-1].val_acc if kept else ctx.dense_val_acc

@@ -1,0 +1,76 @@
+"""Stage 2: flow-guided layer truncation (spec §3).
+
+Shape-preserving blocks are scored by flow divergence D(f) on the calibration split and visited in
+ascending order: each is replaced by ``nn.Identity``, the model recovers briefly, and the removal is
+kept only if the validation drop since the stage began stays within ε and the total drop within the
+budget Δ; otherwise the block is restored and marked essential.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+from torch import nn
+
+from idap.divergence import flow_profile
+from idap.models import block_candidates
+from idap.recovery import recover
+from idap.steps import SEED_LAYER, RunContext, StepRecord
+from idap.surgery import remove_block
+
+
+def rank_blocks(model: nn.Module, ctx: RunContext) -> list[tuple[str, float]]:
+    """Candidate blocks with their scores, lowest (first to remove) first."""
+    r = ctx.recipe
+    candidates = block_candidates(model)
+    if not candidates:
+        return []
+    profile = flow_profile(model, ctx.calib[0], blocks=candidates, block_metric=r.layer.block_score,
+                           batch_size=r.eval_batch_size, seed=r.seed + SEED_LAYER, device=ctx.device)
+    return sorted(profile.blocks.items(), key=lambda kv: (kv[1], candidates.index(kv[0])))
+
+
+def run_layer_stage(
+    model: nn.Module,
+    ctx: RunContext,
+    *,
+    dense: nn.Module | None = None,
+) -> tuple[nn.Module, list[StepRecord]]:
+    """Remove up to ``layer.max_removals`` blocks; returns the kept model and the steps taken.
+
+    With ``layer.exact_removals`` (benchmark mode) exactly that many of the lowest-scored blocks are
+    removed, without the accept/revert test, so criteria can be compared at equal depth.
+    """
+    r = ctx.recipe
+    cfg = r.layer
+    model.to(ctx.device)
+    records: list[StepRecord] = []
+    ranked = rank_blocks(model, ctx)
+    start_acc = ctx.evaluate(model)
+    accepted = 0
+    for i, (name, score) in enumerate(ranked):
+        started = time.perf_counter()
+        if accepted >= cfg.max_removals:
+            break
+        if not cfg.exact_removals and ctx.target_reached(model):
+            records.append(ctx.record(model, "layer", i, "stop", val_acc=start_acc, started=started, accepted=False,
+                                      note="target reached"))
+            break
+        snapshot = copy.deepcopy(model)
+        remove_block(model, name)
+        teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
+        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
+                seed=r.seed + SEED_LAYER + i, device=ctx.device, progress=ctx.progress, desc=f"block {name} recovery")
+        acc = ctx.evaluate(model)
+        stage_drop, total_drop = start_acc - acc, ctx.dense_val_acc - acc
+        removed = {"block": name, "score": score}
+        if cfg.exact_removals or (stage_drop <= cfg.epsilon and total_drop <= r.max_accuracy_drop):
+            accepted += 1
+            records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed))
+        else:
+            records.append(ctx.record(model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False,
+                                      removed=removed, note=f"essential: drop {stage_drop:.2f} pp since stage start "
+                                      f"(ε={cfg.epsilon}), {total_drop:.2f} pp total (Δ={r.max_accuracy_drop})"))
+            model = snapshot
+    return model, records

@@ -1,0 +1,104 @@
+"""What the stages share: the run context (data, recipe, dense reference) and the step record.
+
+Stages report progress by calling ``on_step(StepRecord)``; the caller decides whether that becomes a
+log line, a progress bar or an MLflow metric. Nothing here knows it runs inside a pipeline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from idap.config import Recipe
+from idap.data import DataSplits
+from idap.metrics import accuracy, count_macs, count_params, resolve_device
+
+# Seed offsets so every stage, step and purpose draws from its own stream: a stage run in a separate
+# pipeline step gets exactly the numbers it gets inside `idap compress`.
+SEED_FILTER, SEED_LAYER, SEED_FINAL = 1_000, 2_000, 3_000
+
+
+@dataclass
+class StepRecord:
+    """One step of the trajectory: what changed, and where the model stands after it."""
+
+    stage: str  # dense | filter | layer | finetune
+    index: int
+    action: str  # prune | rollback | remove_block | revert_block | finetune | stop
+    params: int
+    macs: int
+    val_acc: float
+    accepted: bool = True
+    removed: dict = field(default_factory=dict)  # {"channels": {layer: n}, "heads": {attn: n}, "block": name}
+    note: str = ""
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+OnStep = Callable[[StepRecord], None]
+
+
+@dataclass
+class RunContext:
+    """Data, settings and the dense reference every stage measures against."""
+
+    data: DataSplits
+    recipe: Recipe
+    device: torch.device
+    dense_val_acc: float
+    dense_params: int
+    dense_macs: int
+    on_step: OnStep | None = None
+    progress: bool = False
+
+    @classmethod
+    def create(cls, dense: nn.Module, data: DataSplits, recipe: Recipe, *, on_step: OnStep | None = None,
+               progress: bool = False, dense_val_acc: float | None = None) -> RunContext:
+        device = resolve_device(recipe.device)
+        dense.to(device)
+        ctx = cls(data, recipe, device, 0.0, count_params(dense), 0, on_step, progress)
+        ctx.dense_macs = ctx.macs(dense)
+        ctx.dense_val_acc = ctx.evaluate(dense) if dense_val_acc is None else dense_val_acc
+        return ctx
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.data.in_channels, self.data.image_size, self.data.image_size)
+
+    @property
+    def calib(self) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.recipe.calibration_size
+        return self.data.calib_x[:n], self.data.calib_y[:n]
+
+    def evaluate(self, model: nn.Module) -> float:
+        return accuracy(model, self.data.val_x, self.data.val_y, batch_size=self.recipe.eval_batch_size, device=self.device)
+
+    def macs(self, model: nn.Module) -> int:
+        return count_macs(model, self.input_shape)
+
+    def target_reached(self, model: nn.Module, macs_target: float | None = None) -> bool:
+        """True once the model is at least as small as every configured target."""
+        r = self.recipe
+        macs_target = r.target_macs_reduction if macs_target is None else macs_target
+        if macs_target is None and r.target_params_reduction is None:
+            return False
+        ok = True
+        if macs_target is not None:
+            ok &= self.dense_macs / max(1, self.macs(model)) >= macs_target
+        if r.target_params_reduction is not None:
+            ok &= self.dense_params / max(1, count_params(model)) >= r.target_params_reduction
+        return ok
+
+    def record(self, model: nn.Module, stage: str, index: int, action: str, *, val_acc: float, started: float,
+               **kw) -> StepRecord:
+        rec = StepRecord(stage, index, action, count_params(model), self.macs(model), val_acc,
+                         seconds=round(time.perf_counter() - started, 3), **kw)
+        if self.on_step is not None:
+            self.on_step(rec)
+        return rec
