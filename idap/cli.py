@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-latency", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    parser.commands = sub  # the edge (pipelines.cli) adds its own commands and flags here
     return parser
 
 

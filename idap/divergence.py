@@ -22,26 +22,23 @@ BLOCK_METRICS = ("divergence", "block_influence", "channel_mean", "random")
 EPS = 1e-8
 
 
-def positions_norm(z: Tensor) -> Tensor:
-    """Per-sample, per-channel L2 norm over positions of φ(Z) = ReLU(Z): (B, C).
+def channels_first(z: Tensor, channel_last: bool) -> Tensor:
+    """(B, C, positions...) view of an output: convs put channels on axis 1, linears on the last axis
+    (token-shaped (B, N, C) and channels-last maps (B, H, W, C) as in ConvNeXt blocks)."""
+    return z.movedim(-1, 1) if channel_last and z.dim() > 2 else z
 
-    Channel axis: 1 for conv maps (B, C, H, W) and plain linears (B, C); last for token-shaped
-    linear outputs (B, N, C).
-    """
-    z = torch.relu(z.float())
+
+def positions_norm(z: Tensor, channel_last: bool = False) -> Tensor:
+    """Per-sample, per-channel L2 norm over positions of φ(Z) = ReLU(Z): (B, C)."""
+    z = torch.relu(channels_first(z, channel_last).float())
     if z.dim() == 2:
         return z
-    if z.dim() == 3:  # (B, N, C): tokens are the positions
-        return z.pow(2).sum(dim=1).sqrt()
     return z.flatten(2).pow(2).sum(dim=2).sqrt()
 
 
 def num_positions(z: Tensor) -> int:
-    if z.dim() == 2:
-        return 1
-    if z.dim() == 3:
-        return z.shape[1]
-    return int(torch.tensor(z.shape[2:]).prod())
+    """|P|: positions per channel (1 for a plain vector)."""
+    return int(torch.tensor(z.shape[2:]).prod()) if z.dim() > 2 else 1
 
 
 def channel_score(mean_norms: Tensor, weight: Tensor, positions: int) -> Tensor:
@@ -172,10 +169,11 @@ def flow_profile(
 
     def on_forward(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         if name in by_observed and isinstance(output, Tensor):
-            norms = positions_norm(output).sum(dim=0)
+            channel_last = isinstance(module, (nn.Linear, nn.LayerNorm))
+            norms = positions_norm(output, channel_last).sum(dim=0)
             for layer in by_observed[name]:
                 sums[layer] = sums.get(layer, 0) + norms
-                positions[layer] = num_positions(output)
+                positions[layer] = num_positions(channels_first(output, channel_last))
         if name in attention:
             per_head = module.per_head_output(inputs[0])
             tokens = per_head.shape[2]

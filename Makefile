@@ -1,0 +1,55 @@
+# IDAP++ pipelines: `make help` lists the targets. Everything runs from the project venv in $(VENV).
+PYTHON ?= python3
+VENV = .venv
+BIN = $(VENV)/bin
+STAMP = $(VENV)/.stamp-install
+DEMO_CMD ?= $(BIN)/idap pipeline run compress
+PYTEST = $(BIN)/python -m pytest
+
+# Closed network and a user courtesy: no telemetry from MLflow, Ray or anything honouring DO_NOT_TRACK.
+export MLFLOW_DISABLE_TELEMETRY = true
+export DO_NOT_TRACK = true
+export RAY_USAGE_STATS_ENABLED = 0
+
+.DEFAULT_GOAL := help
+.PHONY: help setup data demo test test-fast lint compile bench-smoke clean distclean
+
+help: ## List the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+# Reinstall only when pyproject.toml changed since the last install (pip, not uv: only pip sees the
+# local torch wheel mirrors).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+setup: $(STAMP) ## Create .venv and install the project with its dev tools (once per pyproject.toml change)
+
+data: setup ## Fetch Fashion-MNIST (Debian package, or ./data, or a download)
+	$(BIN)/idap data fetch fashion-mnist
+
+demo: setup data ## Run the compression pipeline locally on Fashion-MNIST
+	$(DEMO_CMD)
+
+test: setup data ## Run the whole test suite, slow and integration tests included
+	$(PYTEST)
+
+test-fast: setup ## Run the unit tests only (not slow, not integration)
+	$(PYTEST) -m "not slow and not integration"
+
+lint: setup ## Lint with ruff
+	$(BIN)/ruff check .
+
+compile: setup ## Compile every Kubeflow pipeline to build/pipelines
+	$(BIN)/idap pipeline compile --out build/pipelines
+
+bench-smoke: setup ## Smoke-run the peer comparison benchmark
+	$(BIN)/python -m benchmarks.compare --preset fashion-resnet20 --smoke
+
+clean: ## Remove build outputs, caches and local run outputs (keeps .venv and data)
+	rm -rf build dist runs mlruns mlartifacts mlflow.db .pytest_cache .ruff_cache benchmarks/work
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean ## Also remove .venv and data
+	rm -rf $(VENV) data

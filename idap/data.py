@@ -1,0 +1,448 @@
+"""Datasets as in-memory tensors with seeded, disjoint train / calibration / validation / test splits.
+
+Calibration and validation are held-out slices of the *training* set; the test split is the dataset's own
+test set when it has one, otherwise a seeded 20% carve-out. Everything stays as tensors (no DataLoader
+transforms) because per-sample transforms cost more than the training itself on small CPUs.
+
+Example:
+    >>> splits = load_dataset("digits", seed=0, calibration_size=128, validation_size=256)
+    >>> tuple(splits.train_x.shape[1:]), splits.num_classes
+    ((1, 8, 8), 10)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import warnings
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+__all__ = ["DataError", "DataSplits", "fetch_dataset", "list_datasets", "load_dataset", "load_splits",
+           "save_splits"]
+
+FASHION_DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_APT_PACKAGE = "dataset-fashion-mnist"
+_FASHION_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                  "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+_SPLITS = {"train": "train", "calibration": "calib", "validation": "val", "test": "test"}
+_TENSORS_FILE, _META_FILE = "splits.safetensors", "splits.json"
+_TEST_FRACTION = 0.2
+
+
+class DataError(ValueError):
+    """A dataset could not be found, read or split; the message names the path and what was expected."""
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: tensors have no single truth value
+class DataSplits:
+    """Four disjoint splits as tensors: x float32 (N, C, H, W) normalized per channel, y int64 (N,)."""
+
+    name: str
+    train_x: Tensor
+    train_y: Tensor
+    calib_x: Tensor
+    calib_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    test_x: Tensor
+    test_y: Tensor
+    num_classes: int
+    in_channels: int
+    image_size: int
+    content_hash: str  # sha256 of the raw (uncompressed) dataset content, for lineage
+    seed: int
+    mean: tuple[float, ...] = ()  # per-channel statistics in raw units: x = (raw - mean) / std
+    std: tuple[float, ...] = ()
+
+    def describe(self) -> dict:
+        """JSON-able summary: name, hash, seed, split sizes, shape facts and normalization."""
+        return {
+            "name": self.name, "content_hash": self.content_hash, "seed": self.seed,
+            "sizes": {size: int(getattr(self, f"{attr}_y").shape[0]) for size, attr in _SPLITS.items()},
+            "num_classes": self.num_classes, "in_channels": self.in_channels, "image_size": self.image_size,
+            "normalization": {"mean": list(self.mean), "std": list(self.std)},
+        }
+
+
+@dataclass
+class _Raw:
+    """A dataset as loaded from disk, before splitting: x (N, C, H, W) in raw units, y int64 (N,)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    x_test: np.ndarray | None
+    y_test: np.ndarray | None
+    num_classes: int
+    content_hash: str
+
+
+def list_datasets() -> list[str]:
+    """Names of the builtin datasets accepted by `load_dataset` and `fetch_dataset`."""
+    return sorted(_BUILTIN)
+
+
+def fetch_dataset(name: str, root: str | Path | None = None) -> Path:
+    """Make a builtin dataset available locally and return the directory holding its files.
+
+    Fashion-MNIST IDX files (gz or raw) are looked up in ROOT/FashionMNIST/raw, ROOT and the Debian
+    package directory; failing that, the Debian package is installed (as root, with apt-get), then
+    torchvision downloads them into ROOT/FashionMNIST/raw. ROOT defaults to $IDAP_DATA_ROOT or ./data.
+    """
+    if name == "digits":  # shipped inside scikit-learn
+        import sklearn.datasets
+
+        return Path(sklearn.datasets.__file__).parent / "data"
+    if name not in _BUILTIN:
+        raise DataError(f"unknown dataset {name!r}; builtin datasets: {list_datasets()}")
+    root = Path(root) if root is not None else Path(os.environ.get("IDAP_DATA_ROOT", "data"))
+    torchvision_dir = root / "FashionMNIST" / "raw"
+    for directory in (torchvision_dir, root, FASHION_DEBIAN_DIR):
+        if _has_fashion_files(directory):
+            return directory
+    if _apt_install(FASHION_APT_PACKAGE) and _has_fashion_files(FASHION_DEBIAN_DIR):
+        return FASHION_DEBIAN_DIR
+    if _torchvision_download(root) and _has_fashion_files(torchvision_dir):
+        return torchvision_dir
+    raise DataError(
+        f"Fashion-MNIST not found in {torchvision_dir}, {root} or {FASHION_DEBIAN_DIR}, and it could be neither "
+        f"installed nor downloaded. Install the Debian package (`apt-get install -y {FASHION_APT_PACKAGE}`), "
+        f"or put the IDX files {', '.join(f + '[.gz]' for f in _FASHION_FILES)} in a directory and pass it "
+        "as --data-root (or set IDAP_DATA_ROOT)."
+    )
+
+
+def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int = 0,
+                 calibration_size: int = 2048, validation_size: int = 5000,
+                 train_limit: int | None = None, test_limit: int | None = None) -> DataSplits:
+    """Load a dataset and cut it into seeded, disjoint train / calibration / validation / test splits.
+
+    Args:
+        name_or_path: a builtin name (`list_datasets()`), a directory in ImageFolder layout (class
+            subfolders, optionally under train/ and test/), or a .npz file with `x` (N,H,W), (N,H,W,C) or
+            (N,C,H,W) and `y` (N,), optionally `x_test` and `y_test`.
+        root: where builtin datasets are looked up (see `fetch_dataset`).
+        calibration_size, validation_size: slices held out from the training set; clipped (with a
+            warning) so that the train split keeps at least half of the training set.
+        train_limit, test_limit: seeded subsamples of the train and test splits, for fast runs.
+    """
+    for arg, value in (("calibration_size", calibration_size), ("validation_size", validation_size)):
+        if value < 0:
+            raise DataError(f"{arg} must be >= 0, got {value}")
+    for arg, value in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if value is not None and value < 1:
+            raise DataError(f"{arg} must be >= 1 or None, got {value}")
+    if name_or_path in _BUILTIN:
+        raw = _BUILTIN[name_or_path](root)
+    else:
+        path = Path(name_or_path)
+        if path.is_dir():
+            raw = _load_image_folder(path)
+        elif path.is_file() and path.suffix == ".npz":
+            raw = _load_npz(path)
+        elif path.exists():
+            raise DataError(f"{path}: expected a .npz file or an ImageFolder directory")
+        else:
+            raise DataError(f"{name_or_path!r}: no such file or directory; expected a builtin dataset "
+                            f"{list_datasets()}, a .npz file or an ImageFolder directory")
+    return _split(raw, str(name_or_path), seed, calibration_size, validation_size, train_limit, test_limit)
+
+
+def save_splits(splits: DataSplits, directory: str | Path) -> None:
+    """Write the splits pickle-free: tensors in one safetensors file, metadata (`describe()`) in JSON."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{attr}_{k}": getattr(splits, f"{attr}_{k}").contiguous() for attr in _SPLITS.values()
+               for k in "xy"}
+    _write_atomically(directory / _TENSORS_FILE, lambda tmp: save_file(
+        tensors, str(tmp), metadata={"content_hash": splits.content_hash}))
+    text = json.dumps(splits.describe(), indent=2, sort_keys=True)
+    _write_atomically(directory / _META_FILE, lambda tmp: tmp.write_text(text))
+
+
+def load_splits(directory: str | Path) -> DataSplits:
+    """Read splits written by `save_splits`."""
+    directory = Path(directory)
+    meta_path, tensors_path = directory / _META_FILE, directory / _TENSORS_FILE
+    if not (meta_path.is_file() and tensors_path.is_file()):
+        raise DataError(f"{directory}: expected {_META_FILE} and {_TENSORS_FILE} written by save_splits")
+    try:
+        meta = json.loads(meta_path.read_text())
+        with safe_open(str(tensors_path), framework="pt") as f:
+            stored_hash = (f.metadata() or {}).get("content_hash")
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+        fields = {f"{attr}_{k}": tensors[f"{attr}_{k}"] for attr in _SPLITS.values() for k in "xy"}
+        norm = meta["normalization"]
+        splits = DataSplits(name=meta["name"], num_classes=int(meta["num_classes"]),
+                            in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
+                            content_hash=meta["content_hash"], seed=int(meta["seed"]),
+                            mean=tuple(norm["mean"]), std=tuple(norm["std"]), **fields)
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise DataError(f"{directory}: unreadable splits ({type(exc).__name__}: {exc})") from exc
+    if stored_hash != splits.content_hash:
+        raise DataError(f"{directory}: {_TENSORS_FILE} (hash {stored_hash}) and {_META_FILE} "
+                        f"(hash {splits.content_hash}) come from different datasets")
+    return splits
+
+
+# ---- splitting and normalization -------------------------------------------------------------------
+
+def _split(raw: _Raw, name: str, seed: int, calibration_size: int, validation_size: int,
+           train_limit: int | None, test_limit: int | None) -> DataSplits:
+    rng = np.random.default_rng(seed)
+    if raw.x_test is None:
+        perm = rng.permutation(len(raw.y))
+        n_test = max(1, round(_TEST_FRACTION * len(perm)))
+        test_x_src, test_y_src, test_idx, pool = raw.x, raw.y, perm[:n_test], perm[n_test:]
+    else:
+        test_x_src, test_y_src, test_idx = raw.x_test, raw.y_test, np.arange(len(raw.y_test))
+        pool = rng.permutation(len(raw.y))
+    n_calib, n_val = _clip_holdout(name, len(pool), calibration_size, validation_size)
+    calib_idx, val_idx, train_idx = pool[:n_calib], pool[n_calib:n_calib + n_val], pool[n_calib + n_val:]
+    if len(train_idx) == 0 or len(test_idx) == 0:
+        raise DataError(f"{name}: too few samples ({len(raw.y)}) for non-empty train and test splits")
+    train_idx = train_idx[:train_limit]  # pool is already a seeded permutation
+    test_idx = rng.permutation(test_idx)[:test_limit]
+    mean, std = _channel_stats(raw.x[np.sort(pool)] if raw.x_test is None else raw.x)
+
+    def take(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[Tensor, Tensor]:
+        idx = np.sort(idx)
+        xt = torch.from_numpy(x[idx].astype(np.float32))
+        xt = (xt - torch.tensor(mean).view(1, -1, 1, 1)) / torch.tensor(std).view(1, -1, 1, 1)
+        return xt.float().contiguous(), torch.from_numpy(y[idx].astype(np.int64))
+
+    train_x, train_y = take(raw.x, raw.y, train_idx)
+    calib_x, calib_y = take(raw.x, raw.y, calib_idx)
+    val_x, val_y = take(raw.x, raw.y, val_idx)
+    test_x, test_y = take(test_x_src, test_y_src, test_idx)
+    return DataSplits(name=name, train_x=train_x, train_y=train_y, calib_x=calib_x, calib_y=calib_y,
+                      val_x=val_x, val_y=val_y, test_x=test_x, test_y=test_y, num_classes=raw.num_classes,
+                      in_channels=raw.x.shape[1], image_size=raw.x.shape[2], content_hash=raw.content_hash,
+                      seed=seed, mean=mean, std=std)
+
+
+def _clip_holdout(name: str, n_pool: int, n_calib: int, n_val: int) -> tuple[int, int]:
+    """Shrink calibration/validation proportionally so that train keeps at least half of the pool."""
+    budget = n_pool // 2
+    if n_calib + n_val <= budget:
+        return n_calib, n_val
+    calib = n_calib * budget // (n_calib + n_val)
+    warnings.warn(f"{name}: calibration/validation sizes {n_calib}/{n_val} clipped to {calib}/{budget - calib} "
+                  f"so that the train split keeps at least half of the {n_pool} training samples", stacklevel=4)
+    return calib, budget - calib
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        channel = x[:, c]
+        if channel.dtype == np.uint8:  # exact and cheap via a histogram, no float copy of the data
+            counts, values = np.bincount(channel.ravel(), minlength=256).astype(np.float64), np.arange(256.0)
+            mean = counts @ values / counts.sum()
+            var = counts @ (values - mean) ** 2 / counts.sum()
+        else:
+            mean, var = channel.astype(np.float64).mean(), channel.astype(np.float64).var()
+        means.append(float(mean))
+        stds.append(max(float(np.sqrt(var)), 1e-6))  # a constant channel must not divide by zero
+    return tuple(means), tuple(stds)
+
+
+# ---- loaders ---------------------------------------------------------------------------------------
+
+def _load_fashion(root: str | Path | None) -> _Raw:
+    directory = fetch_dataset("fashion-mnist", root)
+    digest = hashlib.sha256()
+    arrays = []
+    for base, magic in zip(_FASHION_FILES, (2051, 2049, 2051, 2049), strict=True):
+        path = next(p for p in (directory / base, directory / f"{base}.gz") if p.is_file())
+        array, content = _read_idx(path, magic)
+        digest.update(content)  # uncompressed bytes: Debian recompressed the .gz files
+        arrays.append(array)
+    x, y, x_test, y_test = arrays
+    for images, labels, base in ((x, y, _FASHION_FILES[0]), (x_test, y_test, _FASHION_FILES[2])):
+        if len(images) != len(labels):
+            raise DataError(f"{directory / base}: {len(images)} images but {len(labels)} labels")
+    return _Raw(x, y.astype(np.int64), x_test, y_test.astype(np.int64), 10, digest.hexdigest())
+
+
+def _read_idx(path: Path, magic: int) -> tuple[np.ndarray, bytes]:
+    """Parse an IDX file: big-endian magic (2051 images, 2049 labels), int32 sizes, then uint8 data."""
+    try:
+        content = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+        raise DataError(f"{path}: cannot read IDX file ({exc})") from exc
+    header = 16 if magic == 2051 else 8
+    found = int.from_bytes(content[:4], "big") if len(content) >= header else None
+    if found != magic:
+        raise DataError(f"{path}: malformed IDX file: expected magic number {magic} and a {header}-byte "
+                        f"header, got {found} in {len(content)} bytes")
+    shape = tuple(int.from_bytes(content[i:i + 4], "big") for i in range(4, header, 4))
+    if len(content) - header != int(np.prod(shape)):
+        raise DataError(f"{path}: malformed IDX file: header says {shape} ({int(np.prod(shape))} bytes), "
+                        f"found {len(content) - header} bytes of data")
+    array = np.frombuffer(content, dtype=np.uint8, offset=header)
+    return (array.reshape(shape[0], 1, *shape[1:]) if magic == 2051 else array), content
+
+
+def _load_digits(root: str | Path | None) -> _Raw:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    x = digits.images.astype(np.uint8)[:, None]  # values 0..16, stored as float64 by scikit-learn
+    y = digits.target.astype(np.int64)
+    return _Raw(x, y, None, None, 10, _hash_arrays(x, y))
+
+
+def _load_npz(path: Path) -> _Raw:
+    expected = "expected arrays 'x' (N,H,W), (N,H,W,C) or (N,C,H,W) and 'y' (N,), optionally 'x_test', 'y_test'"
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {key: npz[key] for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, AttributeError) as exc:
+        raise DataError(f"{path}: cannot read .npz file ({exc}); {expected}") from exc
+    if not {"x", "y"} <= arrays.keys() or ("x_test" in arrays) != ("y_test" in arrays):
+        raise DataError(f"{path}: {expected}; found {sorted(arrays)}")
+    x, y = _as_images(arrays["x"], path, "x"), _as_labels(arrays["y"], len(arrays["x"]), path, "y")
+    x_test = y_test = None
+    if "x_test" in arrays:
+        x_test = _as_images(arrays["x_test"], path, "x_test")
+        y_test = _as_labels(arrays["y_test"], len(x_test), path, "y_test")
+        if x_test.shape[1:] != x.shape[1:]:
+            raise DataError(f"{path}: x_test images {x_test.shape[1:]} differ from x images {x.shape[1:]}")
+    labels = y if y_test is None else np.concatenate([y, y_test])
+    digest = _hash_arrays(*(a for a in (x, y, x_test, y_test) if a is not None))
+    return _Raw(x, y, x_test, y_test, int(labels.max()) + 1, digest)
+
+
+def _as_images(x: np.ndarray, path: Path, key: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    elif x.ndim == 4 and x.shape[3] in (1, 3) and x.shape[1] not in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.ndim != 4 or x.shape[1] not in (1, 3) or x.shape[2] != x.shape[3] or x.shape[2] < 1 or len(x) == 0:
+        raise DataError(f"{path}: array {key!r} has shape {x.shape}; expected non-empty square images "
+                        "(N,H,W), (N,H,W,C) or (N,C,H,W) with C in (1, 3)")
+    if x.dtype == np.bool_ or not (np.issubdtype(x.dtype, np.integer) or np.issubdtype(x.dtype, np.floating)):
+        raise DataError(f"{path}: array {key!r} has dtype {x.dtype}; expected integer or float pixels")
+    return np.ascontiguousarray(x)
+
+
+def _as_labels(y: np.ndarray, n: int, path: Path, key: str) -> np.ndarray:
+    if y.ndim != 1 or len(y) != n or not np.issubdtype(y.dtype, np.integer) or (n and y.min() < 0):
+        raise DataError(f"{path}: array {key!r} has shape {y.shape} and dtype {y.dtype}; expected {n} "
+                        "non-negative integer labels (N,) matching the images")
+    return y.astype(np.int64)
+
+
+def _load_image_folder(path: Path) -> _Raw:
+    from PIL import Image, UnidentifiedImageError
+
+    has_split = (path / "train").is_dir() and (path / "test").is_dir()
+    train_dir = path / "train" if has_split else path
+    classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+    if not classes:
+        raise DataError(f"{train_dir}: expected ImageFolder layout, one subfolder of images per class")
+    digest, size = hashlib.sha256(), None
+
+    def read(directory: Path) -> tuple[np.ndarray, np.ndarray]:
+        nonlocal size
+        extra = sorted({d.name for d in directory.iterdir() if d.is_dir()} - set(classes))
+        if extra:
+            raise DataError(f"{directory}: class folders {extra} are not in the training classes {classes}")
+        files = [(f, label) for label, cls in enumerate(classes) if (directory / cls).is_dir()
+                 for f in sorted((directory / cls).rglob("*")) if f.suffix.lower() in _IMAGE_SUFFIXES]
+        if not files:
+            raise DataError(f"{directory}: no images ({', '.join(_IMAGE_SUFFIXES)}) in the class folders")
+        images = []
+        for file, _ in files:
+            try:
+                with Image.open(file) as image:
+                    images.append(image.convert("RGB") if image.mode not in ("L", "1") else image.convert("L"))
+            except (OSError, UnidentifiedImageError) as exc:
+                raise DataError(f"{file}: unreadable image ({exc})") from exc
+            digest.update(file.relative_to(path).as_posix().encode() + b"\0" + file.read_bytes())
+        size = size or images[0].size
+        if size[0] != size[1]:
+            raise DataError(f"{files[0][0]}: image is {size[0]}x{size[1]}; expected square images")
+        if any(im.size != size for im in images):
+            warnings.warn(f"{directory}: images of different sizes, resized to {size[0]}x{size[1]}", stacklevel=4)
+        mode = "RGB" if any(im.mode == "RGB" for im in images) else "L"
+        arrays = [np.asarray(im.convert(mode).resize(size)) for im in images]
+        x = np.stack(arrays)[:, None] if mode == "L" else np.stack(arrays).transpose(0, 3, 1, 2)
+        return np.ascontiguousarray(x), np.array([label for _, label in files], dtype=np.int64)
+
+    x, y = read(train_dir)
+    x_test, y_test = read(path / "test") if has_split else (None, None)
+    if x_test is not None and x_test.shape[1] != x.shape[1]:
+        x, x_test = (a if a.shape[1] == 3 else np.repeat(a, 3, axis=1) for a in (x, x_test))
+    return _Raw(x, y, x_test, y_test, len(classes), digest.hexdigest())
+
+
+def _hash_arrays(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+# ---- fetching and files ----------------------------------------------------------------------------
+
+def _has_fashion_files(directory: Path) -> bool:
+    return all((directory / b).is_file() or (directory / f"{b}.gz").is_file() for b in _FASHION_FILES)
+
+
+def _apt_install(package: str) -> bool:
+    """Install a Debian package when running as root with apt-get; run `apt-get update` if needed."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return False
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+
+    def ok(*command: str) -> bool:
+        try:
+            return subprocess.run(command, env=env, capture_output=True, check=False, timeout=900).returncode == 0
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+
+    install = ("apt-get", "install", "-y", "--no-install-recommends", package)
+    return ok(*install) or (ok("apt-get", "update") and ok(*install))
+
+
+def _torchvision_download(root: Path) -> bool:
+    try:
+        from torchvision.datasets import FashionMNIST
+
+        FashionMNIST(str(root), train=True, download=True)
+        return True
+    except Exception as exc:  # network failures share no common base class
+        warnings.warn(f"torchvision could not download Fashion-MNIST into {root}: {exc}", stacklevel=3)
+        return False
+
+
+def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same directory, then rename: no half-written file is left."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_BUILTIN: dict[str, Callable[[str | Path | None], _Raw]] = {
+    "digits": _load_digits,
+    "fashion-mnist": _load_fashion,
+}
