@@ -1,0 +1,297 @@
+"""What a model costs and how well it does: accuracy, parameters, MACs, measured latency and throughput.
+
+Every number here is measured the same way for every model, so dense and pruned models (and peers in the
+benchmark) compare honestly. MACs are multiply-accumulates counted by PyTorch's own FLOP counter (one
+counter for convolutions, grouped/depthwise convolutions, linears, matmuls and attention), named MACs
+everywhere — never "FLOPs" (see IDAP_SPEC §7).
+
+Example:
+    >>> import torch
+    >>> from torch import nn
+    >>> net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
+    >>> count_macs(net, (1, 8, 8))
+    4864
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import platform
+import statistics
+import time
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils import flop_counter
+
+__all__ = [
+    "accuracy",
+    "count_macs",
+    "count_params",
+    "measure_latency",
+    "measure_throughput",
+    "profile_model",
+    "resolve_device",
+]
+
+
+def resolve_device(spec: str | torch.device = "auto") -> torch.device:
+    """Turn a device setting into a ``torch.device``.
+
+    Args:
+        spec: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+
+    Raises:
+        ValueError: for an unknown spec, or CUDA requested on a machine without a usable GPU.
+    """
+    text = str(spec).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text == "cpu":
+        return torch.device("cpu")
+    if text == "cuda" or text.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"device {spec!r} requested but CUDA is not available on this machine "
+                f"(torch {torch.__version__}); use 'cpu' or 'auto'"
+            )
+        device = torch.device(text)
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {spec!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist"
+            )
+        return device
+    raise ValueError(f"unknown device {spec!r}; valid: 'auto', 'cpu', 'cuda', 'cuda:N'")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of parameters (shared parameters counted once)."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
+    """Multiply-accumulates of one forward pass on a single sample.
+
+    Counted with ``torch.utils.flop_counter.FlopCounterMode`` (FLOPs // 2), so convolutions of any
+    grouping, linears, matmuls and ``scaled_dot_product_attention`` all count under one rule.
+    Normalisations, activations and element-wise ops are not counted, as is usual for MACs.
+
+    Args:
+        input_shape: one sample's shape, e.g. ``(C, H, W)``; a leading batch dimension of 1 is accepted.
+    """
+    shape = _single_sample_shape(input_shape)
+    # The CPU kernel of scaled_dot_product_attention is not in the counter's registry; without this,
+    # attention would silently count as zero MACs on CPU.
+    custom = {
+        getattr(torch.ops.aten, name): _sdpa_flops
+        for name in ("_scaled_dot_product_flash_attention_for_cpu",)
+        if hasattr(torch.ops.aten, name)
+    }
+    counter = flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
+    with _eval_mode(model), torch.no_grad(), counter:
+        model(torch.zeros(shape, device=_model_device(model)))
+    return int(counter.get_total_flops()) // 2
+
+
+def accuracy(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    batch_size: int = 512,
+    device: str | torch.device | None = None,
+) -> float:
+    """Top-1 accuracy in percent (0–100), in eval mode; the model's training flag is restored.
+
+    Args:
+        device: where batches are sent; default: the model's device. The model itself is not moved.
+    """
+    if len(x) != len(y):
+        raise ValueError(f"x and y differ in length: {len(x)} samples vs {len(y)} labels")
+    if len(x) == 0:
+        raise ValueError("accuracy of an empty set is undefined; got 0 samples")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    target = torch.device(device) if device is not None else _model_device(model)
+    correct = 0
+    with _eval_mode(model), torch.inference_mode():
+        for start in range(0, len(x), batch_size):
+            logits = model(x[start : start + batch_size].to(target))
+            labels = y[start : start + batch_size].to(logits.device)
+            correct += int((logits.argmax(dim=1) == labels).sum())
+    return 100.0 * correct / len(x)
+
+
+def measure_latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 1,
+    warmup: int = 10,
+    repeats: int = 50,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Wall-clock time of one forward pass of a batch.
+
+    Args:
+        input_shape: one sample's shape ``(C, H, W)``.
+        device: default: the model's device. If another device is named, a copy of the model runs there.
+
+    Returns:
+        ``{"median_ms", "p90_ms", "mean_ms", "batch_size", "repeats", "threads", "device", "device_name"}``
+    """
+    times = _time_forward(model, input_shape, batch_size, warmup, repeats, device)
+    return {
+        "median_ms": 1e3 * statistics.median(times),
+        "p90_ms": 1e3 * _percentile(times, 90),
+        "mean_ms": 1e3 * statistics.fmean(times),
+        "batch_size": batch_size,
+        "repeats": repeats,
+        **_machine(_target_device(model, device)),
+    }
+
+
+def measure_throughput(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 64,
+    warmup: int = 3,
+    repeats: int = 20,
+    device: str | torch.device | None = None,
+) -> dict:
+    """Samples per second at a given batch size (from the median batch time).
+
+    Returns:
+        ``{"samples_per_s", "median_ms", "batch_size", "repeats", "threads", "device", "device_name"}``
+    """
+    times = _time_forward(model, input_shape, batch_size, warmup, repeats, device)
+    median = statistics.median(times)
+    return {
+        "samples_per_s": batch_size / median,
+        "median_ms": 1e3 * median,
+        "batch_size": batch_size,
+        "repeats": repeats,
+        **_machine(_target_device(model, device)),
+    }
+
+
+def profile_model(model: nn.Module, input_shape: Sequence[int], *, latency: bool = True) -> dict:
+    """Params, MACs and (optionally) batch-1 latency and batch-64 throughput on the model's device.
+
+    Returns:
+        ``{"params", "macs", "latency_ms_b1", "throughput_b64", "threads", "device", "device_name"}``;
+        the two timings are ``None`` when ``latency=False``.
+    """
+    device = _model_device(model)
+    result = {
+        "params": count_params(model),
+        "macs": count_macs(model, input_shape),
+        "latency_ms_b1": None,
+        "throughput_b64": None,
+        **_machine(device),
+    }
+    if latency:
+        result["latency_ms_b1"] = measure_latency(model, input_shape)["median_ms"]
+        result["throughput_b64"] = measure_throughput(model, input_shape)["samples_per_s"]
+    return result
+
+
+def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """FLOPs of attention from the shapes FlopCounterMode passes (Q·Kᵀ and P·V, as for the GPU kernels)."""
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Put the model in eval mode and restore each module's own training flag afterwards."""
+    flags = {module: module.training for module in model.modules()}
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, flag in flags.items():
+            module.training = flag
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _target_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    return _model_device(model) if device is None else resolve_device(device)
+
+
+def _single_sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
+    shape = tuple(int(d) for d in input_shape)
+    if len(shape) == 4:
+        if shape[0] != 1:
+            raise ValueError(f"input_shape is one sample, e.g. (C, H, W); got batch {shape[0]} in {shape}")
+        return shape
+    return (1, *shape)
+
+
+def _time_forward(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    batch_size: int,
+    warmup: int,
+    repeats: int,
+    device: str | torch.device | None,
+) -> list[float]:
+    if batch_size < 1 or repeats < 1 or warmup < 0:
+        raise ValueError(
+            f"need batch_size >= 1, repeats >= 1, warmup >= 0; got {batch_size}, {repeats}, {warmup}"
+        )
+    target = _target_device(model, device)
+    # Only a copy moves: timing must never relocate the caller's model.
+    runner = model if target == _model_device(model) else _copy_to(model, target)
+    x = torch.randn((batch_size, *tuple(input_shape)), device=target)
+    sync = torch.cuda.synchronize if target.type == "cuda" else _no_sync
+    times = []
+    with _eval_mode(runner), torch.inference_mode():
+        for _ in range(warmup):
+            runner(x)
+        sync()
+        for _ in range(repeats):
+            start = time.perf_counter()
+            runner(x)
+            sync()
+            times.append(time.perf_counter() - start)
+    return times
+
+
+def _copy_to(model: nn.Module, device: torch.device) -> nn.Module:
+    return copy.deepcopy(model).to(device)
+
+
+def _no_sync() -> None:
+    return None
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _machine(device: torch.device) -> dict:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    return {"threads": torch.get_num_threads(), "device": str(device), "device_name": name}
+
+
+@functools.cache
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

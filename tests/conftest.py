@@ -1,0 +1,28 @@
+"""Shared fixtures: the real scikit-learn digits set as small in-memory splits, and a trained tiny model."""
+
+import os
+
+import pytest
+import torch
+
+for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+    os.environ.setdefault(_k, _v)
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from idap.data import load_dataset
+
+    return load_dataset("digits", seed=0, calibration_size=128, validation_size=256)
+
+
+@pytest.fixture(scope="session")
+def trained_resnet20(digits):
+    """A ResNet-20 trained for a few seconds on digits (8x8): good enough to make accuracy meaningful."""
+    from idap.models import create_model
+    from idap.recovery import train
+
+    torch.manual_seed(0)
+    model = create_model("resnet20", digits.num_classes, digits.in_channels, digits.image_size)
+    train(model, digits.train_x, digits.train_y, epochs=6, batch_size=64, lr=0.05, seed=0, device=torch.device("cpu"))
+    return model.eval()

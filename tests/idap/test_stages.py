@@ -1,0 +1,129 @@
+"""Stage 1 rollback / budget / target, stage 2 accept / revert, recovery determinism — on real digits."""
+
+import copy
+
+import pytest
+import torch
+
+from idap.compress import compress, filter_macs_target
+from idap.config import Recipe
+from idap.filter_stage import run_filter_stage
+from idap.layer_stage import rank_blocks, run_layer_stage
+from idap.metrics import count_macs, count_params
+from idap.models import create_model
+from idap.recovery import augment_batch, recover, select_taps
+from idap.steps import RunContext
+
+
+def recipe(**kw):
+    base = {"calibration_size": 128, "eval_batch_size": 256, "device": "cpu",
+            "filter": {"steps": 3, "p0": 0.2},
+            "recovery": {"step_budget": 5, "final_budget": 5, "batch_size": 64}}
+    for key, value in kw.items():
+        if isinstance(value, dict):
+            base.setdefault(key, {}).update(value)
+        else:
+            base[key] = value
+    return Recipe.from_dict(base)
+
+
+def test_filter_stage_rolls_back_the_step_that_breaks_the_budget(digits, trained_resnet20):
+    r = recipe(max_accuracy_drop=0.0, filter={"p0": 0.9, "steps": 2}, recovery={"step_budget": 0})
+    model = copy.deepcopy(trained_resnet20)
+    ctx = RunContext.create(copy.deepcopy(model), digits, r, dense_val_acc=100.0)  # any accuracy < 100 breaks Δ=0
+    out, steps = run_filter_stage(model, ctx)
+    assert [s.action for s in steps] == ["rollback"]
+    assert not steps[0].accepted and "rolled back" in steps[0].note
+    assert count_params(out) == count_params(trained_resnet20)  # the last model within budget: the input
+    x = digits.val_x[:8]
+    assert torch.allclose(out(x), trained_resnet20(x), atol=1e-6)
+
+
+def test_filter_stage_keeps_steps_within_budget_and_respects_floors(digits, trained_resnet20):
+    r = recipe(max_accuracy_drop=100.0, filter={"p0": 0.5, "steps": 3})
+    ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, r)
+    out, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
+    kept = [s for s in steps if s.action == "prune"]
+    assert kept and all(s.accepted for s in kept)
+    assert [s.params for s in kept] == sorted((s.params for s in kept), reverse=True)
+    assert count_params(out) == kept[-1].params
+    convs = [m for m in out.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert min(c.out_channels for c in convs) >= 8  # per-layer floor max(8, 10%)
+
+
+def test_filter_stage_stops_at_the_macs_target_without_overshooting_much(digits, trained_resnet20):
+    r = recipe(max_accuracy_drop=100.0, target_macs_reduction=1.5, filter={"p0": 0.6, "steps": 4})
+    dense = copy.deepcopy(trained_resnet20)
+    ctx = RunContext.create(dense, digits, r)
+    out, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
+    reduction = count_macs(dense, (1, 8, 8)) / count_macs(out, (1, 8, 8))
+    assert 1.5 <= reduction < 1.5 * 1.25  # the step was capped: a 0.6 step alone would overshoot far more
+    assert steps[-1].action in ("prune", "stop")
+
+
+def test_layer_stage_accepts_within_epsilon_and_reverts_otherwise(digits, trained_resnet20):
+    ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits,
+                            recipe(max_accuracy_drop=100.0, layer={"epsilon": 100.0, "max_removals": 2}))
+    ranked = rank_blocks(trained_resnet20, ctx)
+    assert [s for _, s in ranked] == sorted(s for _, s in ranked)
+    out, steps = run_layer_stage(copy.deepcopy(trained_resnet20), ctx)
+    removed = [s.removed["block"] for s in steps if s.action == "remove_block"]
+    assert removed == [name for name, _ in ranked[:2]]  # lowest divergence first
+    assert all(isinstance(out.get_submodule(b), torch.nn.Identity) for b in removed)
+
+    strict = RunContext.create(copy.deepcopy(trained_resnet20), digits,
+                               recipe(max_accuracy_drop=0.0, layer={"epsilon": 0.0, "max_removals": 2}),
+                               dense_val_acc=100.0)
+    out2, steps2 = run_layer_stage(copy.deepcopy(trained_resnet20), strict)
+    assert steps2 and all(s.action == "revert_block" and not s.accepted for s in steps2)
+    assert count_params(out2) == count_params(trained_resnet20)
+    assert not any(isinstance(m, torch.nn.Identity) for m in out2.modules())
+
+
+def test_recovery_is_deterministic_for_a_seed(digits, trained_resnet20):
+    r = recipe()
+    outs = []
+    for _ in range(2):
+        student = copy.deepcopy(trained_resnet20)
+        recover(student, trained_resnet20, digits.train_x, digits.train_y, steps=3, config=r.recovery, seed=7,
+                device=torch.device("cpu"))
+        outs.append(student(digits.val_x[:4]))
+    assert torch.equal(outs[0], outs[1])
+    assert select_taps(trained_resnet20) and len(select_taps(trained_resnet20)) <= 3
+
+
+def test_recovery_taps_work_without_relu_and_across_widths(digits):
+    torch.manual_seed(0)
+    vit = create_model("vit_small", 10, 1, 8)
+    student = copy.deepcopy(vit)
+    attn = next(m for m in student.modules() if hasattr(m, "keep_heads"))
+    attn.keep_heads(torch.tensor([0]))
+    r = recipe(recovery={"lambda_kd": 1.0})
+    stats = recover(student, vit, digits.train_x, digits.train_y, steps=2, config=r.recovery, seed=0,
+                    device=torch.device("cpu"))
+    assert stats.taps and stats.steps == 2  # GELU taps found in a ViT
+
+
+def test_augment_keeps_shape_and_moves_pixels():
+    x = torch.arange(2 * 1 * 4 * 4, dtype=torch.float32).reshape(2, 1, 4, 4)
+    y = augment_batch(x, torch.Generator().manual_seed(3))
+    assert y.shape == x.shape and not torch.equal(x, y)
+
+
+def test_compress_end_to_end_both_stages(digits, trained_resnet20):
+    r = recipe(max_accuracy_drop=100.0, layer={"max_removals": 1, "epsilon": 100.0})
+    seen = []
+    result = compress(trained_resnet20, digits, r, on_step=seen.append)
+    stages = [s.stage for s in result.steps]
+    assert stages[0] == "dense" and "filter" in stages and "layer" in stages and stages[-1] == "finetune"
+    assert seen == result.steps
+    assert count_macs(result.model, (1, 8, 8)) < count_macs(trained_resnet20, (1, 8, 8))
+    assert result.profile.channel and result.profile.blocks
+    # the input model is left untouched
+    assert count_params(trained_resnet20) == result.steps[0].params
+
+
+def test_filter_share_of_target():
+    assert filter_macs_target(recipe(target_macs_reduction=4.0, layer={"target_share": 0.5})) == pytest.approx(2.0)
+    assert filter_macs_target(recipe(target_macs_reduction=4.0, layer={"enabled": False, "target_share": 0.5})) == 4.0
+    assert filter_macs_target(recipe()) is None
