@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from idap.bundle import BundleError, export_onnx, load_bundle, save_bundle
+from idap.bundle import BundleError, export_onnx, load_bundle, read_bundle_info, save_bundle
 from idap.compress import CompressionResult, compress
 from idap.config import ConfigError, Recipe
 from idap.data import DataError, fetch_dataset, list_datasets, load_dataset
@@ -171,7 +171,12 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_bundle(args.model_dir)
-    data = load_data_for(args, seed=args.seed)
+    saved = read_bundle_info(args.model_dir).get("recipe") or {}
+    try:  # the splits the model was compressed with, so validation figures match its report
+        recipe = Recipe.from_dict(saved) if args.seed is None else None
+    except ConfigError:
+        recipe = None
+    data = load_data_for(args, recipe, seed=args.seed or 0)
     dev = resolve_device(args.device or "auto")
     result = evaluate_model(model, data, device=dev)
     if not args.no_latency:
@@ -229,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="evaluate a bundle -> JSON on stdout")
     p.add_argument("--model-dir", required=True)
     add_data_args(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None, help="split seed (default: the bundle's recipe seed, else 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-latency", action="store_true")
     p.set_defaults(func=cmd_evaluate)

@@ -19,7 +19,14 @@ from idap.importance import FlowImportance, Importance, ScoringContext, create_i
 from idap.recovery import recover
 from idap.schedule import channels_to_remove, prune_fraction
 from idap.steps import SEED_FILTER, RunContext, StepRecord
-from idap.surgery import attention_modules, channel_floor, channel_groups, dependency_graph, prune_channels, prune_heads
+from idap.surgery import (
+    attention_modules,
+    channel_floor,
+    channel_groups,
+    dependency_graph,
+    prune_channels,
+    prune_heads,
+)
 
 
 def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int]):
