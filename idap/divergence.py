@@ -33,7 +33,7 @@ def positions_norm(z: Tensor, channel_last: bool = False) -> Tensor:
     z = torch.relu(channels_first(z, channel_last).float())
     if z.dim() == 2:
         return z
-    return z.flatten(2).pow(2).sum(dim=2).sqrt()
+    return torch.linalg.vector_norm(z.flatten(2), dim=2)
 
 
 def num_positions(z: Tensor) -> int:
