@@ -117,6 +117,9 @@ class RecoveryConfig:
     lambda_kd: float = 0.0  # logit KD weight (parity: off)
     tau: float = 4.0
     teacher: str = "previous"  # previous (parity) | dense, for the per-step recovery; the final fine-tune uses the dense model
+    # Learning rate within each short recovery: cosine decay to 0 (measured: a constant AdamW 1e-3 leaves
+    # a converged ResNet-20 ~2.5 pp below where it started after 100 steps; cosine ends within 0.2 pp).
+    schedule: str = "cosine"  # cosine | constant (the authors' code)
     augment: bool = True  # random shifts / flips of the training tensors
 
     def __post_init__(self):
@@ -133,6 +136,7 @@ class RecoveryConfig:
         _check(self.lambda_kd >= 0, "recovery.lambda_kd", ">= 0", self.lambda_kd)
         _check(self.tau > 0, "recovery.tau", "> 0", self.tau)
         _one_of("recovery.teacher", self.teacher, ("previous", "dense"))
+        _one_of("recovery.schedule", self.schedule, ("cosine", "constant"))
 
 
 @dataclass(frozen=True)

@@ -150,31 +150,81 @@ def run_filter_stage(
     for t in range(cfg.steps):
         started = time.perf_counter()
         if ctx.target_reached(model, macs_target):
-            records.append(ctx.record(model, "filter", t, "stop", val_acc=_last_acc(records, ctx), started=started,
-                                      accepted=False, note="target reached"))
+            records.append(
+                ctx.record(
+                    model,
+                    "filter",
+                    t,
+                    "stop",
+                    val_acc=_last_acc(records, ctx),
+                    started=started,
+                    accepted=False,
+                    note="target reached",
+                )
+            )
             break
-        imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + SEED_FILTER + t,
-                                          device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))
+        imp.prepare(
+            model,
+            ScoringContext(
+                calib_x,
+                calib_y,
+                batch_size=r.eval_batch_size,
+                seed=r.seed + SEED_FILTER + t,
+                device=ctx.device,
+                point=cfg.score_point,
+                score_pointwise=cfg.score_pointwise,
+            ),
+        )
         channel_picks = _plan_channels(model, ctx, imp, t, original)
         head_picks = _plan_heads(model, ctx, imp, t, original)
         if isinstance(imp, FlowImportance):
             imp.consume()
         if not channel_picks and not head_picks:
-            records.append(ctx.record(model, "filter", t, "stop", val_acc=_last_acc(records, ctx), started=started,
-                                      accepted=False, note="nothing left to prune above the per-layer floors"))
+            records.append(
+                ctx.record(
+                    model,
+                    "filter",
+                    t,
+                    "stop",
+                    val_acc=_last_acc(records, ctx),
+                    started=started,
+                    accepted=False,
+                    note="nothing left to prune above the per-layer floors",
+                )
+            )
             break
         channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
         snapshot = copy.deepcopy(model)
         removed = _apply(model, ctx, channel_picks, head_picks)
         model.zero_grad(set_to_none=True)
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
-                seed=r.seed + SEED_FILTER + t, device=ctx.device, progress=ctx.progress, desc=f"filter step {t} recovery")
+        recover(
+            model,
+            teacher,
+            ctx.data.train_x,
+            ctx.data.train_y,
+            steps=r.recovery.step_budget,
+            config=r.recovery,
+            seed=r.seed + SEED_FILTER + t,
+            device=ctx.device,
+            schedule=r.recovery.schedule,
+            progress=ctx.progress,
+            desc=f"filter step {t} recovery",
+        )
         acc = ctx.evaluate(model)
         drop = ctx.dense_val_acc - acc
         if drop > r.max_accuracy_drop:
-            rec = ctx.record(model, "filter", t, "rollback", val_acc=acc, started=started, accepted=False, removed=removed,
-                             note=f"accuracy drop {drop:.2f} pp > budget {r.max_accuracy_drop} pp: step rolled back")
+            rec = ctx.record(
+                model,
+                "filter",
+                t,
+                "rollback",
+                val_acc=acc,
+                started=started,
+                accepted=False,
+                removed=removed,
+                note=f"accuracy drop {drop:.2f} pp > budget {r.max_accuracy_drop} pp: step rolled back",
+            )
             records.append(rec)
             model = snapshot
             break

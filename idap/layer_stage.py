@@ -26,8 +26,15 @@ def rank_blocks(model: nn.Module, ctx: RunContext) -> list[tuple[str, float]]:
     candidates = block_candidates(model)
     if not candidates:
         return []
-    profile = flow_profile(model, ctx.calib[0], blocks=candidates, block_metric=r.layer.block_score,
-                           batch_size=r.eval_batch_size, seed=r.seed + SEED_LAYER, device=ctx.device)
+    profile = flow_profile(
+        model,
+        ctx.calib[0],
+        blocks=candidates,
+        block_metric=r.layer.block_score,
+        batch_size=r.eval_batch_size,
+        seed=r.seed + SEED_LAYER,
+        device=ctx.device,
+    )
     return sorted(profile.blocks.items(), key=lambda kv: (kv[1], candidates.index(kv[0])))
 
 
@@ -54,14 +61,28 @@ def run_layer_stage(
         if accepted >= cfg.max_removals:
             break
         if not cfg.exact_removals and ctx.target_reached(model):
-            records.append(ctx.record(model, "layer", i, "stop", val_acc=start_acc, started=started, accepted=False,
-                                      note="target reached"))
+            records.append(
+                ctx.record(
+                    model, "layer", i, "stop", val_acc=start_acc, started=started, accepted=False, note="target reached"
+                )
+            )
             break
         snapshot = copy.deepcopy(model)
         remove_block(model, name)
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
-                seed=r.seed + SEED_LAYER + i, device=ctx.device, progress=ctx.progress, desc=f"block {name} recovery")
+        recover(
+            model,
+            teacher,
+            ctx.data.train_x,
+            ctx.data.train_y,
+            steps=r.recovery.step_budget,
+            config=r.recovery,
+            seed=r.seed + SEED_LAYER + i,
+            device=ctx.device,
+            schedule=r.recovery.schedule,
+            progress=ctx.progress,
+            desc=f"block {name} recovery",
+        )
         acc = ctx.evaluate(model)
         stage_drop, total_drop = start_acc - acc, ctx.dense_val_acc - acc
         removed = {"block": name, "score": score}
@@ -69,8 +90,19 @@ def run_layer_stage(
             accepted += 1
             records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed))
         else:
-            records.append(ctx.record(model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False,
-                                      removed=removed, note=f"essential: drop {stage_drop:.2f} pp since stage start "
-                                      f"(ε={cfg.epsilon}), {total_drop:.2f} pp total (Δ={r.max_accuracy_drop})"))
+            records.append(
+                ctx.record(
+                    model,
+                    "layer",
+                    i,
+                    "revert_block",
+                    val_acc=acc,
+                    started=started,
+                    accepted=False,
+                    removed=removed,
+                    note=f"essential: drop {stage_drop:.2f} pp since stage start "
+                    f"(ε={cfg.epsilon}), {total_drop:.2f} pp total (Δ={r.max_accuracy_drop})",
+                )
+            )
             model = snapshot
     return model, records
