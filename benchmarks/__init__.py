@@ -1,0 +1,1 @@
+"""Performance claims with the command that reproduces them: ``python -m benchmarks.compare --preset NAME``."""

@@ -1,0 +1,92 @@
+"""The contenders of the peer comparison, each a recipe override of one shared base recipe.
+
+Every method gets the same dense model, the same schedule (p0, T, alpha), the same per-step recovery
+budget and the same total number of optimizer steps (recovery + final fine-tune): only the criterion,
+the stages used or the flag under test differ. A method runs along one axis:
+
+- ``macs``: once per MACs target (2x, 3x, 4x fewer MACs), accuracy compared at equal MACs;
+- ``blocks``: once per number of blocks removed (depth criteria compared at equal depth);
+- ``control``: the dense model trained with plain cross-entropy for the same number of extra steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from idap.config import Recipe
+
+AXES = ("macs", "blocks", "control")
+TORCH_PRUNING = ("l1", "taylor", "lamp", "fpgm", "random")
+
+
+@dataclass(frozen=True)
+class Method:
+    """One contender: a name, the axis it runs along, and how its recipe differs from the base."""
+
+    name: str
+    label: str  # what the tables and the plot call it
+    family: str  # idap | torch-pruning | depth | ablation | control
+    axis: str  # macs | blocks | control
+    overrides: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
+    ablates: tuple[str, Any, Any] | None = None  # (recipe field, spec default (parity), alternative)
+
+    def __post_init__(self):
+        if self.axis not in AXES:
+            raise ValueError(f"method {self.name}: axis must be one of {AXES}, got {self.axis!r}")
+        object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
+
+    def recipe(self, base: Recipe, *, target: float | None = None, blocks: int | None = None) -> Recipe:
+        """The base recipe with this method's settings and its point on the axis (a target or a block count)."""
+        if self.axis == "macs":
+            if target is None:
+                raise ValueError(f"method {self.name} runs at a MACs target; got none")
+            base = base.replace(target_macs_reduction=float(target))
+        elif self.axis == "blocks":
+            if blocks is None:
+                raise ValueError(f"method {self.name} runs at a number of removed blocks; got none")
+            base = base.replace(target_macs_reduction=None).with_overrides(
+                {"filter.enabled": False, "layer.enabled": True, "layer.exact_removals": True,
+                 "layer.max_removals": int(blocks)})
+        return base.with_overrides(dict(self.overrides)) if self.overrides else base
+
+
+def _width(criterion: str) -> Method:
+    return Method(f"tp-{criterion}", f"Torch-Pruning {criterion}", "torch-pruning", "macs",
+                  {"filter.importance": criterion, "layer.enabled": False})
+
+
+def _depth(score: str, label: str) -> Method:
+    return Method(f"depth-{score.replace('_', '-')}", label, "depth", "blocks", {"layer.block_score": score})
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("idap++", "IDAP++ (filters + blocks)", "idap", "macs", {}),
+    Method("idap++-stage1", "IDAP++ stage 1 only", "idap", "macs", {"layer.enabled": False}),
+    *(_width(c) for c in TORCH_PRUNING),
+    _depth("divergence", "blocks: IDAP++ flow divergence"),
+    _depth("block_influence", "blocks: ShortGPT block influence"),
+    _depth("random", "blocks: random"),
+    Method("idap++-post", "IDAP++, score_point=post", "ablation", "macs", {"filter.score_point": "post"},
+           ablates=("filter.score_point", "pre", "post")),
+    Method("idap++-dense-teacher", "IDAP++, recovery.teacher=dense", "ablation", "macs",
+           {"recovery.teacher": "dense"}, ablates=("recovery.teacher", "previous", "dense")),
+    Method("dense-control", "dense + same extra steps (plain CE)", "control", "control", {}),
+)}  # fmt: skip
+
+# The reference every ablation is compared with, and the methods the goals name.
+IDAP, IDAP_STAGE1, CONTROL = "idap++", "idap++-stage1", "dense-control"
+
+
+def list_methods() -> list[str]:
+    return list(METHODS)
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; valid: {list_methods()}")
+    return METHODS[name]
+
+
+__all__ = ["CONTROL", "IDAP", "IDAP_STAGE1", "METHODS", "Method", "TORCH_PRUNING", "get_method", "list_methods"]

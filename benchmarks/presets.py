@@ -1,0 +1,110 @@
+"""Benchmark presets: which model on which data, which targets and seeds, and the budgets every method shares.
+
+A preset is data, not code: ``PRESETS[name]`` is a frozen dataclass, and the comparison reads nothing else.
+Budgets are optimizer steps of batch ``batch_size``. ``total_budget`` is what every method spends on
+recovery + final fine-tune together (a method that recovers after fewer pruning steps fine-tunes longer),
+and what the dense control spends on plain cross-entropy training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from benchmarks.methods import METHODS
+
+ALL_METHODS = tuple(METHODS)
+NO_DEPTH = tuple(m for m in ALL_METHODS if METHODS[m].axis != "blocks" and m != "idap++-stage1")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    dataset: str  # idap.data.load_dataset name
+    model: str  # idap.models registry name
+    note: str  # one line for the report: what this preset is and is not
+    # dense model: trained once (cached), SGD + one-cycle as idap.recovery.train
+    train_epochs: float = 15
+    train_lr: float = 0.05
+    train_batch: int = 128
+    train_limit: int | None = None  # subsample the train split (quick presets only; the name must say so)
+    test_limit: int | None = None
+    data_seed: int = 0  # the splits; identical for every method and seed
+    # what is compared
+    targets: tuple[float, ...] = (2.0, 3.0, 4.0)  # MACs reduction factors
+    ablation_targets: tuple[float, ...] = (3.0,)  # where the ablations run (they need the seeds more than targets)
+    block_counts: tuple[int, ...] = (2, 4)  # depth comparison: exactly N blocks removed
+    seeds: tuple[int, ...] = (0, 1)  # recipe seeds: pruning randomness, recovery batches
+    methods: tuple[str, ...] = ALL_METHODS
+    goal_target: float = 3.0  # where the goals are judged
+    # shared schedule and budgets
+    p0: float = 0.1
+    filter_steps: int = 10  # T
+    alpha: float = 1.5
+    step_budget: int = 15  # recovery steps after each pruning step / block removal
+    total_budget: int = 200  # recovery + final fine-tune steps, every method and the control
+    batch_size: int = 128
+    target_share: float = 0.3  # IDAP++: stage 1 goes to target ** 0.7, blocks the rest
+    max_blocks: int = 5  # IDAP++ stage 2: K
+    # evaluation
+    calibration_size: int = 1024
+    validation_size: int = 5000  # final validation figures (and the ablation verdicts)
+    stage_val_size: int = 1000  # the in-stage evaluations (trajectory only: the budget is off)
+    eval_batch: int = 512
+    speed_rounds: int = 5
+    speed_repeats: int = 30
+    extra: dict = field(default_factory=dict)  # free-form facts for the report
+
+    def __post_init__(self):
+        unknown = [m for m in self.methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"preset {self.name}: unknown methods {unknown}; valid: {list(METHODS)}")
+        if not self.seeds or any(s < 0 for s in self.seeds):
+            raise ValueError(f"preset {self.name}: seeds must be a non-empty tuple of integers >= 0, got {self.seeds}")
+        if any(t <= 1 for t in self.targets):
+            raise ValueError(f"preset {self.name}: targets are reduction factors > 1, got {self.targets}")
+        if self.total_budget < 1 or self.step_budget < 0:
+            raise ValueError(f"preset {self.name}: need total_budget >= 1 and step_budget >= 0, "
+                             f"got {self.total_budget} and {self.step_budget}")
+
+    def select(self, *, methods=None, targets=None, seeds=None, block_counts=None) -> Preset:
+        """The same preset restricted to (or extended with) the given methods / targets / seeds / block counts."""
+        changes = {k: tuple(v) for k, v in (("methods", methods), ("targets", targets), ("seeds", seeds),
+                                            ("block_counts", block_counts)) if v is not None}
+        return replace(self, **changes) if changes else self
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in (
+    Preset("fashion-resnet20", "fashion-mnist", "resnet20",
+           "the main comparison: CIFAR-style ResNet-20 on Fashion-MNIST, full train split"),
+    Preset("fashion-resnet56", "fashion-mnist", "resnet56",
+           "CIFAR-style ResNet-56 on Fashion-MNIST, full train split (about 3x the ResNet-20 cost)"),
+    Preset("fashion-vgg16", "fashion-mnist", "vgg16_bn",
+           "torchvision VGG-16-BN on Fashion-MNIST: no shape-preserving blocks, so no depth comparison "
+           "and IDAP++ is its stage 1", methods=NO_DEPTH, block_counts=(), target_share=0.0),
+    Preset("fashion-vit", "fashion-mnist", "vit_small",
+           "6-layer ViT (heads and MLP channels pruned, encoder layers removed) on Fashion-MNIST; "
+           "its SGD training recipe is untested", block_counts=(1, 2)),
+    # Not a substitute for fashion-resnet20: a 4-epoch dense model, one seed, one target, small budgets.
+    Preset("fashion-resnet20-quick", "fashion-mnist", "resnet20",
+           "REDUCED run: dense model trained 4 epochs only (under-trained), one target, one seed, "
+           "small budgets; read it as a smoke test on real data, not as the result",
+           train_epochs=4, targets=(3.0,), ablation_targets=(3.0,), block_counts=(2,), seeds=(0,),
+           step_budget=10, total_budget=200, calibration_size=512, stage_val_size=500, speed_rounds=5,
+           speed_repeats=20),
+    Preset("digits-smoke", "digits", "resnet20",
+           "CI miniature on scikit-learn digits (8x8): every method, one target, one seed, a handful of steps",
+           train_epochs=15, train_batch=64, targets=(2.0,), ablation_targets=(2.0,), block_counts=(2,),
+           seeds=(0,), goal_target=2.0, p0=0.2, filter_steps=6, step_budget=2, total_budget=20, batch_size=64,
+           calibration_size=128, validation_size=256, stage_val_size=256, eval_batch=256, speed_rounds=1,
+           speed_repeats=5),
+)}  # fmt: skip
+SMOKE = "digits-smoke"
+
+
+def get_preset(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; valid: {list(PRESETS)}")
+    return PRESETS[name]
+
+
+__all__ = ["PRESETS", "SMOKE", "Preset", "get_preset"]

@@ -1,0 +1,113 @@
+"""The peer-comparison benchmark: its plan and verdicts (fast), and the digits smoke run end to end (slow)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.compare import Job, base_recipe, plan_jobs
+from benchmarks.methods import METHODS
+from benchmarks.presets import PRESETS, SMOKE
+from benchmarks.summarize import ablations, aggregate, goals
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_plan_runs_every_method_at_each_point_of_its_axis():
+    preset = PRESETS["fashion-resnet20"]
+    jobs = plan_jobs(preset)
+    assert len({j.key for j in jobs}) == len(jobs)
+    for seed in preset.seeds:
+        mine = [j for j in jobs if j.seed == seed]
+        assert {j.target for j in mine if j.method == "tp-lamp"} == set(preset.targets)
+        assert {j.target for j in mine if j.method == "idap++-post"} == set(preset.ablation_targets)
+        assert {j.blocks for j in mine if j.method == "depth-block-influence"} == set(preset.block_counts)
+        assert [j.method for j in mine].count("dense-control") == 1
+
+
+def test_method_recipes_differ_only_where_they_should():
+    base = base_recipe(PRESETS["fashion-resnet20"], seed=1, device="cpu")
+    tp = METHODS["tp-fpgm"].recipe(base, target=3.0)
+    assert (tp.filter.importance, tp.layer.enabled, tp.target_macs_reduction) == ("fpgm", False, 3.0)
+    assert tp.recovery == base.recovery and tp.filter.p0 == base.filter.p0 and tp.seed == 1
+    depth = METHODS["depth-random"].recipe(base, blocks=4)
+    assert not depth.filter.enabled and depth.layer.exact_removals and depth.layer.max_removals == 4
+    assert depth.layer.block_score == "random" and depth.target_macs_reduction is None
+    idap = METHODS["idap++"].recipe(base, target=2.0)
+    assert idap.layer.enabled and idap.filter.importance == "idap" and idap.layer.target_share > 0
+    with pytest.raises(ValueError, match="MACs target"):
+        METHODS["idap++"].recipe(base)
+
+
+def _run(method, acc, *, target=3.0, seed=0, speedup=2.0, macs_reduction=3.0, val=None):
+    return {"key": Job(method, seed, target=target).key, "method": method, "target": target, "blocks": None,
+            "seed": seed, "test_acc": acc, "val_acc": acc if val is None else val, "params": 1, "macs": 1,
+            "macs_reduction": macs_reduction, "reached_target": True, "blocks_removed": [], "total_steps": 10,
+            "speedup_b1": speedup, "throughput_gain_b64": speedup, "latency_ms_b1": 1.0, "throughput_b64": 1.0}
+
+
+def test_goal_verdicts_follow_the_numbers():
+    runs = [_run("idap++", 91.0, speedup=2.6), _run("idap++", 91.2, seed=1, speedup=2.6),
+            _run("tp-l1", 90.0), _run("tp-taylor", 91.5),
+            _run("idap++-stage1", 92.0, target=2.0, speedup=1.6), _run("idap++-stage1", 90.0, speedup=2.2),
+            {**_run("dense-control", 91.5, target=None), "macs_reduction": 1.0, "reached_target": None}]
+    verdicts = {v["goal"].split(" at ")[0].split(" >=")[0]: v["status"] for v in goals(aggregate(runs),
+                                                                                     {"test_acc": 91.8}, 3.0)}
+    assert verdicts["IDAP++ test accuracy above every Torch-Pruning criterion's"] == "not met"  # taylor 91.5
+    assert verdicts["IDAP++ within 1 pp of the dense model"] == "met"  # 91.1 vs 91.8
+    assert verdicts["IDAP++ measured CPU speed-up"] == "met"  # 2.6 >= 0.8 * 3
+    # stage 1 alone interpolated at 91.1%: 1.6 + (2.2 - 1.6) * 0.45 = 1.87x < 2.6x
+    assert verdicts["stage 2 adds speed-up that stage 1 alone does not reach"] == "met"
+
+
+def test_ablation_winner_needs_a_margin_beyond_the_seed_spread():
+    runs = [_run("idap++", 90.0, val=90.0), _run("idap++", 90.0, seed=1, val=90.2),
+            _run("idap++-post", 92.0, val=92.0), _run("idap++-post", 92.0, seed=1, val=92.1),
+            _run("idap++-dense-teacher", 90.1, val=90.1), _run("idap++-dense-teacher", 90.1, seed=1, val=90.3)]
+    by_choice = {a["choice"]: a for a in ablations(aggregate(runs))}
+    assert by_choice["filter.score_point"]["winner"] == "post"
+    assert "make filter.score_point=post the default" in by_choice["filter.score_point"]["advice"]
+    assert by_choice["recovery.teacher"]["winner"].startswith("tie")
+
+
+@pytest.mark.slow
+def test_smoke_comparison_end_to_end(tmp_path):
+    out, work = tmp_path / "results", tmp_path / "work"
+    cmd = [sys.executable, "-m", "benchmarks.compare", "--smoke", "--out", str(out), "--work", str(work)]
+    first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for suffix in ("json", "md", "png"):
+        assert (out / f"{SMOKE}.{suffix}").stat().st_size > 0
+    payload = json.loads((out / f"{SMOKE}.json").read_text())
+    preset = PRESETS[SMOKE]
+    assert payload["status"] == "complete"
+
+    expected = {(j.method, j.target, j.blocks) for j in plan_jobs(preset)}
+    rows = [(r["method"], r["target"], r["blocks"]) for r in payload["rows"]]
+    assert sorted(rows, key=str) == sorted(expected, key=str)  # one row per method and target, none missing
+    assert {r["method"] for r in payload["rows"]} == set(METHODS)
+
+    for run in payload["runs"]:
+        assert run["total_steps"] == preset.total_budget, run["key"]  # the same budget for everyone
+        assert run["latency_ms_b1"] > 0 and run["throughput_b64"] > 0
+        if run["target"] is not None:  # compressed to the target: the capped step lands on it or just past it
+            assert run["reached_target"] and run["macs_reduction"] >= run["target"], run["key"]
+            assert run["macs_reduction"] < run["target"] * 1.1, run["key"]  # no block-sized overshoot
+        elif run["blocks"] is not None:
+            assert len(run["blocks_removed"]) == run["blocks"], run["key"]
+            assert run["macs_reduction"] > 1
+        else:
+            assert run["method"] == "dense-control" and run["macs"] == payload["dense"]["macs"]
+    assert {g["status"] for g in payload["goals"]} <= {"met", "not met", "not determined"}
+    assert len(payload["goals"]) == 4 and len(payload["ablations"]) == 2
+
+    markdown = (out / f"{SMOKE}.md").read_text()
+    for method in METHODS.values():
+        assert f"| {method.label} |" in markdown
+    assert "## Goals" in markdown and f"![test accuracy vs MACs]({SMOKE}.png)" in markdown
+
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count(": cached") == len(payload["runs"]) + 1  # dense and every run resumed from the cache
