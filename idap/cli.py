@@ -238,12 +238,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-latency", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+    for name, p in sub.choices.items():
+        if name != "data":
+            p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.commands = sub  # the edge (pipelines.cli) adds its own commands and flags here
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     """Run a parsed command; user errors become one clear line and exit code 2."""
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     try:
         return args.func(args)
     except USER_ERRORS as exc:

@@ -25,7 +25,7 @@ from idap.importance import FlowImportance, create_importance
 from idap.layer_stage import run_layer_stage
 from idap.models import block_candidates
 from idap.recovery import recover
-from idap.steps import SEED_FINAL, OnStep, RunContext, StepRecord
+from idap.steps import SEED_FINAL, SEED_TOPUP, OnStep, RunContext, StepRecord
 
 
 @dataclass
@@ -64,15 +64,40 @@ def filter_stage(model: nn.Module, ctx: RunContext, dense: nn.Module, profile: F
     return run_filter_stage(model, ctx, dense=dense, importance=imp, macs_target=filter_macs_target(r))
 
 
-def final_finetune(model: nn.Module, ctx: RunContext, dense: nn.Module) -> tuple[nn.Module, list[StepRecord]]:
-    """Long distillation fine-tune with the original dense model as teacher (cosine learning rate)."""
+def layer_stage(model: nn.Module, ctx: RunContext, dense: nn.Module) -> tuple[nn.Module, list[StepRecord]]:
+    """Stage 2, then — when a MACs target is set and blocks stopped short of it — stage 1 tops up the gap."""
+    r = ctx.recipe
+    model, records = run_layer_stage(model, ctx, dense=dense)
+    if r.filter.enabled and r.target_macs_reduction is not None and not ctx.target_reached(model):
+        model, more = run_filter_stage(model, ctx, dense=dense, importance=create_importance(r.filter.importance),
+                                       seed_offset=SEED_TOPUP)
+        for rec in more:
+            rec.note = f"top-up after stage 2. {rec.note}".strip()
+        records += more
+    return model, records
+
+
+def final_budget(recipe: Recipe, spent: int) -> int:
+    """Steps of the final fine-tune: fixed, or what recovery left of recovery.total_budget."""
+    total = recipe.recovery.total_budget
+    return recipe.recovery.final_budget if total is None else max(0, total - spent)
+
+
+def final_finetune(model: nn.Module, ctx: RunContext, dense: nn.Module, *, spent: int = 0) -> tuple[nn.Module, list[StepRecord]]:
+    """Long distillation fine-tune with the original dense model as teacher (cosine learning rate).
+
+    Args:
+        spent: recovery steps the stages already used (matters only with ``recovery.total_budget``).
+    """
     r = ctx.recipe
     started = time.perf_counter()
-    stats = recover(model, dense, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.final_budget, config=r.recovery,
+    steps = final_budget(r, spent)
+    stats = recover(model, dense, ctx.data.train_x, ctx.data.train_y, steps=steps, config=r.recovery,
                     seed=r.seed + SEED_FINAL, device=ctx.device, lr=r.recovery.final_lr, schedule="cosine",
                     progress=ctx.progress, desc="final fine-tune")
     acc = ctx.evaluate(model)
-    rec = ctx.record(model, "finetune", 0, "finetune", val_acc=acc, started=started, note=f"{stats.steps} steps")
+    rec = ctx.record(model, "finetune", 0, "finetune", val_acc=acc, started=started, note=f"{stats.steps} steps",
+                     recovery_steps=stats.steps)
     return model, [rec]
 
 
@@ -95,9 +120,9 @@ def compress(
         current, recs = filter_stage(current, ctx, dense, profile)
         steps += recs
     if recipe.layer.enabled:
-        current, recs = run_layer_stage(current, ctx, dense=dense)
+        current, recs = layer_stage(current, ctx, dense)
         steps += recs
-    current, recs = final_finetune(current, ctx, dense)
+    current, recs = final_finetune(current, ctx, dense, spent=ctx.recovery_spent(steps))
     steps += recs
     return CompressionResult(current.eval(), dense, steps, profile, recipe, ctx.dense_val_acc,
                              seconds=time.perf_counter() - started)

@@ -109,6 +109,9 @@ class RecoveryConfig:
 
     step_budget: int = 100  # optimizer steps after each pruning step / block removal
     final_budget: int = 1500  # optimizer steps of the final fine-tune (never 0 by default)
+    # When set, the final fine-tune takes whatever the per-step recoveries left of this many optimizer steps
+    # (equal-budget comparisons: every method spends exactly total_budget); final_budget is then ignored.
+    total_budget: int | None = None
     batch_size: int = 128
     lr: float = 1e-3
     final_lr: float = 1e-3
@@ -127,6 +130,8 @@ class RecoveryConfig:
         for name in ("step_budget", "final_budget"):
             v = getattr(self, name)
             _check(isinstance(v, int) and 0 <= v <= 10**7, f"recovery.{name}", "an integer >= 0", v)
+        _check(self.total_budget is None or (isinstance(self.total_budget, int) and self.total_budget >= 0),
+               "recovery.total_budget", "empty or an integer >= 0", self.total_budget)
         _check(isinstance(self.batch_size, int) and 1 <= self.batch_size <= 65536, "recovery.batch_size", "an integer in [1, 65536]", self.batch_size)
         for name in ("lr", "final_lr"):
             v = getattr(self, name)

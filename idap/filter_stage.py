@@ -131,6 +131,7 @@ def run_filter_stage(
     dense: nn.Module | None = None,
     importance: Importance | None = None,
     macs_target: float | None = None,
+    seed_offset: int = SEED_FILTER,
 ) -> tuple[nn.Module, list[StepRecord]]:
     """Prune channels (and attention heads) of ``model`` step by step; returns the kept model and its steps.
 
@@ -139,12 +140,17 @@ def run_filter_stage(
         importance: criterion (default: the recipe's ``filter.importance``). A prepared
             :class:`FlowImportance` with a profile of ``model`` skips the first scoring pass.
         macs_target: overrides the recipe's MACs target (the layer stage may take a share of it).
+        seed_offset: seed stream of this run of the stage (a top-up after stage 2 uses its own).
     """
     r = ctx.recipe
     cfg = r.filter
     imp = importance or create_importance(cfg.importance)
     records: list[StepRecord] = []
+    # per-layer floors are fractions of the DENSE widths, also when the stage runs on a pruned model
     original: dict[str, int] = {}
+    if dense is not None:
+        original = {g.name: g.channels for g in channel_groups(dense, dependency_graph(dense, ctx.input_shape))}
+        original.update({n: m.num_heads for n, m in attention_modules(dense).items()})
     calib_x, calib_y = ctx.calib
     model.to(ctx.device)
     for t in range(cfg.steps):
@@ -156,7 +162,7 @@ def run_filter_stage(
                     "filter",
                     t,
                     "stop",
-                    val_acc=_last_acc(records, ctx),
+                    val_acc=_last_acc(records, ctx, model),
                     started=started,
                     accepted=False,
                     note="target reached",
@@ -169,7 +175,7 @@ def run_filter_stage(
                 calib_x,
                 calib_y,
                 batch_size=r.eval_batch_size,
-                seed=r.seed + SEED_FILTER + t,
+                seed=r.seed + seed_offset + t,
                 device=ctx.device,
                 point=cfg.score_point,
                 score_pointwise=cfg.score_pointwise,
@@ -186,7 +192,7 @@ def run_filter_stage(
                     "filter",
                     t,
                     "stop",
-                    val_acc=_last_acc(records, ctx),
+                    val_acc=_last_acc(records, ctx, model),
                     started=started,
                     accepted=False,
                     note="nothing left to prune above the per-layer floors",
@@ -205,7 +211,7 @@ def run_filter_stage(
             ctx.data.train_y,
             steps=r.recovery.step_budget,
             config=r.recovery,
-            seed=r.seed + SEED_FILTER + t,
+            seed=r.seed + seed_offset + t,
             device=ctx.device,
             schedule=r.recovery.schedule,
             progress=ctx.progress,
@@ -228,10 +234,11 @@ def run_filter_stage(
             records.append(rec)
             model = snapshot
             break
-        records.append(ctx.record(model, "filter", t, "prune", val_acc=acc, started=started, removed=removed))
+        records.append(ctx.record(model, "filter", t, "prune", val_acc=acc, started=started, removed=removed,
+                                  recovery_steps=r.recovery.step_budget))
     return model, records
 
 
-def _last_acc(records: list[StepRecord], ctx: RunContext) -> float:
+def _last_acc(records: list[StepRecord], ctx: RunContext, model: nn.Module) -> float:
     kept = [r for r in records if r.accepted]
-    return kept[-1].val_acc if kept else ctx.dense_val_acc
+    return kept[-1].val_acc if kept else ctx.evaluate(model)

@@ -16,7 +16,7 @@ from torch import nn
 from idap.divergence import flow_profile
 from idap.models import block_candidates
 from idap.recovery import recover
-from idap.steps import SEED_LAYER, RunContext, StepRecord
+from idap.steps import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord
 from idap.surgery import remove_block
 
 
@@ -46,6 +46,8 @@ def run_layer_stage(
 ) -> tuple[nn.Module, list[StepRecord]]:
     """Remove up to ``layer.max_removals`` blocks; returns the kept model and the steps taken.
 
+    With a MACs target, a block whose removal would overshoot it by more than LANDING_TOLERANCE is
+    skipped (one block is a coarse step; stage 1 can close a remaining gap finely).
     With ``layer.exact_removals`` (benchmark mode) exactly that many of the lowest-scored blocks are
     removed, without the accept/revert test, so criteria can be compared at equal depth.
     """
@@ -54,55 +56,41 @@ def run_layer_stage(
     model.to(ctx.device)
     records: list[StepRecord] = []
     ranked = rank_blocks(model, ctx)
-    start_acc = ctx.evaluate(model)
+    start_acc = last_acc = ctx.evaluate(model)
+    target = r.target_macs_reduction
     accepted = 0
     for i, (name, score) in enumerate(ranked):
         started = time.perf_counter()
         if accepted >= cfg.max_removals:
             break
         if not cfg.exact_removals and ctx.target_reached(model):
-            records.append(
-                ctx.record(
-                    model, "layer", i, "stop", val_acc=start_acc, started=started, accepted=False, note="target reached"
-                )
-            )
+            records.append(ctx.record(model, "layer", i, "stop", val_acc=last_acc, started=started, accepted=False,
+                                      note="target reached"))
             break
         snapshot = copy.deepcopy(model)
         remove_block(model, name)
+        removed = {"block": name, "score": score}
+        if not cfg.exact_removals and target is not None and ctx.macs_reduction(model) > target * (1 + LANDING_TOLERANCE):
+            model = snapshot
+            records.append(ctx.record(model, "layer", i, "skip_block", val_acc=last_acc, started=started,
+                                      accepted=False, removed=removed, note=f"would overshoot the {target:g}x target"))
+            continue
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        recover(
-            model,
-            teacher,
-            ctx.data.train_x,
-            ctx.data.train_y,
-            steps=r.recovery.step_budget,
-            config=r.recovery,
-            seed=r.seed + SEED_LAYER + i,
-            device=ctx.device,
-            schedule=r.recovery.schedule,
-            progress=ctx.progress,
-            desc=f"block {name} recovery",
-        )
+        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
+                seed=r.seed + SEED_LAYER + i, device=ctx.device, schedule=r.recovery.schedule,
+                progress=ctx.progress, desc=f"block {name} recovery")
         acc = ctx.evaluate(model)
         stage_drop, total_drop = start_acc - acc, ctx.dense_val_acc - acc
-        removed = {"block": name, "score": score}
         if cfg.exact_removals or (stage_drop <= cfg.epsilon and total_drop <= r.max_accuracy_drop):
             accepted += 1
-            records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed))
+            last_acc = acc
+            records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed,
+                                      recovery_steps=r.recovery.step_budget))
         else:
-            records.append(
-                ctx.record(
-                    model,
-                    "layer",
-                    i,
-                    "revert_block",
-                    val_acc=acc,
-                    started=started,
-                    accepted=False,
-                    removed=removed,
-                    note=f"essential: drop {stage_drop:.2f} pp since stage start "
-                    f"(ε={cfg.epsilon}), {total_drop:.2f} pp total (Δ={r.max_accuracy_drop})",
-                )
-            )
+            records.append(ctx.record(
+                model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False, removed=removed,
+                recovery_steps=r.recovery.step_budget,
+                note=f"essential: drop {stage_drop:.2f} pp since stage start (ε={cfg.epsilon}), "
+                     f"{total_drop:.2f} pp total (Δ={r.max_accuracy_drop})"))
             model = snapshot
     return model, records

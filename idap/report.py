@@ -36,6 +36,8 @@ def measure_speed(models: dict[str, nn.Module], input_shape: Sequence[int], *, r
     lat: dict[str, list[float]] = {k: [] for k in models}
     thr: dict[str, list[float]] = {k: [] for k in models}
     info: dict[str, dict] = {}
+    for model in models.values():  # a discarded warm-up round: first calls pay allocator and kernel setup
+        measure_latency(model, input_shape, repeats=3)
     for _ in range(rounds):
         for name, model in models.items():
             r1 = measure_latency(model, input_shape, repeats=repeats)

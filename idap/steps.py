@@ -19,7 +19,9 @@ from idap.metrics import accuracy, count_macs, count_params, resolve_device
 
 # Seed offsets so every stage, step and purpose draws from its own stream: a stage run in a separate
 # pipeline step gets exactly the numbers it gets inside `idap compress`.
-SEED_FILTER, SEED_LAYER, SEED_FINAL = 1_000, 2_000, 3_000
+SEED_FILTER, SEED_LAYER, SEED_FINAL, SEED_TOPUP = 1_000, 2_000, 3_000, 4_000
+# A block whose removal would overshoot a MACs target by more than this fraction is left to stage 1.
+LANDING_TOLERANCE = 0.02
 
 
 @dataclass
@@ -36,6 +38,8 @@ class StepRecord:
     removed: dict = field(default_factory=dict)  # {"channels": {layer: n}, "heads": {attn: n}, "block": name}
     note: str = ""
     seconds: float = 0.0
+    recovery_steps: int = 0  # optimizer steps of recovery spent on this step
+
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -81,6 +85,12 @@ class RunContext:
 
     def macs(self, model: nn.Module) -> int:
         return count_macs(model, self.input_shape)
+
+    def macs_reduction(self, model: nn.Module) -> float:
+        return self.dense_macs / max(1, self.macs(model))
+
+    def recovery_spent(self, records: list[StepRecord]) -> int:
+        return sum(r.recovery_steps for r in records)
 
     def target_reached(self, model: nn.Module, macs_target: float | None = None) -> bool:
         """True once the model is at least as small as every configured target."""

@@ -127,3 +127,23 @@ def test_filter_share_of_target():
     assert filter_macs_target(recipe(target_macs_reduction=4.0, layer={"target_share": 0.5})) == pytest.approx(2.0)
     assert filter_macs_target(recipe(target_macs_reduction=4.0, layer={"enabled": False, "target_share": 0.5})) == 4.0
     assert filter_macs_target(recipe()) is None
+
+
+def test_blocks_never_overshoot_and_stage1_tops_up_to_the_target(digits, trained_resnet20):
+    # a tiny share for stage 1, big blocks: stage 2 must skip blocks that overshoot, stage 1 closes the gap
+    r = recipe(max_accuracy_drop=100.0, target_macs_reduction=1.6,
+               filter={"p0": 0.3, "steps": 4}, layer={"target_share": 0.9, "epsilon": 100.0, "max_removals": 7})
+    result = compress(trained_resnet20, digits, r)
+    reduction = count_macs(trained_resnet20, (1, 8, 8)) / count_macs(result.model, (1, 8, 8))
+    assert 1.6 <= reduction <= 1.6 * 1.25
+    layer_steps = [s for s in result.steps if s.stage == "layer"]
+    assert all(s.action != "remove_block" or s.macs >= result.steps[0].macs / (1.6 * 1.02) for s in layer_steps)
+
+
+def test_total_budget_is_spent_exactly(digits, trained_resnet20):
+    r = recipe(max_accuracy_drop=100.0, filter={"steps": 2}, layer={"max_removals": 1, "epsilon": 100.0},
+               recovery={"step_budget": 3, "total_budget": 20})
+    result = compress(trained_resnet20, digits, r)
+    assert sum(s.recovery_steps for s in result.steps) == 20
+    assert result.steps[-1].stage == "finetune" and result.steps[-1].recovery_steps == 20 - sum(
+        s.recovery_steps for s in result.steps[:-1])
