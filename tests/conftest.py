@@ -5,8 +5,11 @@ import os
 import pytest
 import torch
 
-for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+for _k, _v in {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "RAY_USAGE_STATS_ENABLED": "0",
+               # tiny models: one thread each is fastest, and pipeline subprocesses must not oversubscribe 2 cores
+               "OMP_NUM_THREADS": "1"}.items():
     os.environ.setdefault(_k, _v)
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
