@@ -38,31 +38,22 @@ from benchmarks.methods import CONTROL, METHODS
 from benchmarks.presets import PRESETS, SMOKE, Preset, get_preset
 from benchmarks.summarize import write_results
 from idap.bundle import load_bundle, save_bundle
-from idap.compress import dense_profile, filter_stage, final_finetune
+from idap.compress import compress
 from idap.config import Recipe
 from idap.data import DataSplits, load_dataset
-from idap.filter_stage import run_filter_stage
-from idap.importance import create_importance
-from idap.layer_stage import rank_blocks, run_layer_stage
 from idap.metrics import accuracy, resolve_device
 from idap.models import create_model
 from idap.recovery import recover, train
 from idap.report import evaluate_model, measure_speed
-from idap.steps import SEED_FINAL, RunContext, StepRecord
-from idap.surgery import remove_block
+from idap.steps import LANDING_TOLERANCE, SEED_FINAL, StepRecord
 
 ROOT = Path(__file__).resolve().parents[1]
-# Trajectory actions after which the stages ran `recovery.step_budget` optimizer steps (idap.filter_stage,
-# idap.layer_stage): what a method spent before its final fine-tune.
-RECOVERED_ACTIONS = frozenset({"prune", "rollback", "remove_block", "revert_block"})
 # For the time estimate: a distillation step on a pruned model plus the teacher's forward pass, relative to
 # a dense training step (ResNet-20, 1 thread; the report compares the estimate with the measured time).
 RECOVERY_STEP_COST = 0.9
 STAGE_EVALS_PER_JOB = 8  # pruning steps a job typically takes (scoring + in-stage evaluation each)
-# IDAP++ at a MACs target: a block that would overshoot the target by more than this is left to stage 1.
-LANDING_TOLERANCE = 0.02
 # Bump when the way a job is run changes, so that cached results of the old procedure are not reused.
-PROCEDURE = {"version": 2, "stage2": f"blocks within target x {1 + LANDING_TOLERANCE}, then stage 1 tops up"}
+PROCEDURE = {"version": 3, "stage2": f"idap.compress: blocks within target x {1 + LANDING_TOLERANCE}, stage 1 tops up"}
 
 
 def log(msg: str) -> None:
@@ -186,52 +177,17 @@ def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.devi
 # ---- one run -----------------------------------------------------------------------------------------
 def compress_equal_budget(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budget: int, *,
                           dense_val_acc: float, on_step) -> tuple[nn.Module, list[StepRecord], int, Recipe]:
-    """idap.compress.compress, stage by stage, with the final fine-tune taking what recovery left of the total.
+    """idap.compress.compress with ``recovery.total_budget``: the final fine-tune takes what recovery left.
 
-    Returns the model, its trajectory, the recovery steps spent before the final fine-tune, and the recipe
-    with the final budget actually used.
+    With a MACs target, idap's stage 2 skips blocks that would overshoot it and stage 1 tops up the gap, so
+    every method is compared at the same MACs. Returns the model, its trajectory, the recovery steps spent
+    before the final fine-tune, and the recipe with the final budget actually used.
     """
-    ctx = RunContext.create(dense, data, recipe, on_step=on_step, dense_val_acc=dense_val_acc)
-    model = copy.deepcopy(dense)
-    steps: list[StepRecord] = []
-    if recipe.filter.enabled:
-        profile = dense_profile(dense, ctx) if recipe.filter.importance == "idap" else None
-        model, recs = filter_stage(model, ctx, dense, profile)
-        steps += recs
-    if recipe.layer.enabled:
-        target = recipe.target_macs_reduction
-        layer_ctx = ctx
-        if recipe.filter.enabled and target is not None:
-            # idap's layer stage stops only once the target is passed, and one block is a coarse step (measured:
-            # 2.98x -> 3.49x for a 3x target): take only the blocks that land within the target and let stage 1
-            # close the remaining gap below, so that every method is compared at the same MACs.
-            fit = blocks_within_target(model, ctx, target, recipe.layer.max_removals)
-            layer_ctx = replace(ctx, recipe=recipe.with_overrides({"layer.max_removals": fit}))
-        model, recs = run_layer_stage(model, layer_ctx, dense=dense)
-        steps += recs
-        if recipe.filter.enabled and target is not None and not ctx.target_reached(model):
-            log(f"  stage 2 stopped short of {target:g}x: filter stage tops up")
-            model, recs = run_filter_stage(model, ctx, dense=dense, importance=create_importance(
-                recipe.filter.importance), macs_target=target)
-            for rec in recs:
-                rec.note = f"top-up after stage 2. {rec.note}".strip()
-            steps += recs
-    used = recipe.recovery.step_budget * sum(rec.action in RECOVERED_ACTIONS for rec in steps)
+    recipe = recipe.with_overrides({"recovery.total_budget": total_budget})
+    result = compress(dense, data, recipe, on_step=on_step, dense_val_acc=dense_val_acc)
+    used = sum(rec.recovery_steps for rec in result.steps if rec.stage != "finetune")
     final_recipe = recipe.with_overrides({"recovery.final_budget": max(0, total_budget - used)})
-    model, recs = final_finetune(model, replace(ctx, recipe=final_recipe), dense)
-    return model, steps + recs, used, final_recipe
-
-
-def blocks_within_target(model: nn.Module, ctx: RunContext, target: float, limit: int) -> int:
-    """How many of stage 2's blocks, in its own order, can go without overshooting the target (by > 2 %)."""
-    trial = copy.deepcopy(model)
-    fit = 0
-    for name, _ in rank_blocks(model, ctx)[:limit]:
-        remove_block(trial, name)
-        if ctx.dense_macs / max(1, ctx.macs(trial)) > target * (1 + LANDING_TOLERANCE):
-            break
-        fit += 1
-    return fit
+    return result.model, result.steps, used, final_recipe
 
 
 def train_control(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budget: int,

@@ -108,11 +108,16 @@ def compress(
     *,
     on_step: OnStep | None = None,
     progress: bool = False,
+    dense_val_acc: float | None = None,
 ) -> CompressionResult:
-    """Compress a trained ``model`` within ``recipe.max_accuracy_drop``; the input model is not modified."""
+    """Compress a trained ``model`` within ``recipe.max_accuracy_drop``; the input model is not modified.
+
+    Args:
+        dense_val_acc: the dense model's validation accuracy when already known (else measured).
+    """
     started = time.perf_counter()
     dense = copy.deepcopy(model).eval()
-    ctx = RunContext.create(dense, data, recipe, on_step=on_step, progress=progress)
+    ctx = RunContext.create(dense, data, recipe, on_step=on_step, progress=progress, dense_val_acc=dense_val_acc)
     steps = [ctx.record(dense, "dense", 0, "dense", val_acc=ctx.dense_val_acc, started=started)]
     profile = dense_profile(dense, ctx)
     current = copy.deepcopy(dense)
