@@ -151,6 +151,9 @@ class Recipe:
     version: int = RECIPE_VERSION
     seed: int = 0
     max_accuracy_drop: float = 1.0  # budget Δ, pp of validation accuracy vs the dense model
+    # Extra pp the stages may spend beyond Δ in anticipation of the final fine-tune's recovery (the stages
+    # only recover briefly). The final model is still measured against Δ and the report says if it is out.
+    stage_slack: float = 0.0
     target_macs_reduction: float | None = None  # e.g. 2.0 = stop at 2x fewer MACs
     target_params_reduction: float | None = None
     calibration_size: int = 2048
@@ -166,6 +169,7 @@ class Recipe:
         _check(self.version == RECIPE_VERSION, "version", f"{RECIPE_VERSION}", self.version)
         _check(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer >= 0", self.seed)
         _check(0 <= self.max_accuracy_drop <= 100, "max_accuracy_drop", "in [0, 100] percentage points", self.max_accuracy_drop)
+        _check(0 <= self.stage_slack <= 100, "stage_slack", "in [0, 100] percentage points", self.stage_slack)
         for name in ("target_macs_reduction", "target_params_reduction"):
             v = getattr(self, name)
             _check(v is None or 1 < v <= 1000, name, "empty or a factor in (1, 1000] (2.0 = half)", v)
@@ -173,6 +177,11 @@ class Recipe:
         _check(isinstance(self.validation_size, int) and self.validation_size >= 1, "validation_size", "an integer >= 1", self.validation_size)
         _check(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1", self.eval_batch_size)
         _one_of("device", self.device, ("auto", "cpu", "cuda"))
+
+    @property
+    def stage_budget(self) -> float:
+        """The accuracy drop (pp) the stages' accept / roll-back decisions allow: Δ + stage_slack."""
+        return self.max_accuracy_drop + self.stage_slack
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod

@@ -219,7 +219,7 @@ def run_filter_stage(
         )
         acc = ctx.evaluate(model)
         drop = ctx.dense_val_acc - acc
-        if drop > r.max_accuracy_drop:
+        if drop > r.stage_budget:
             rec = ctx.record(
                 model,
                 "filter",
@@ -229,7 +229,7 @@ def run_filter_stage(
                 started=started,
                 accepted=False,
                 removed=removed,
-                note=f"accuracy drop {drop:.2f} pp > budget {r.max_accuracy_drop} pp: step rolled back",
+                note=f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back",
             )
             records.append(rec)
             model = snapshot

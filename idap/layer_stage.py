@@ -81,7 +81,7 @@ def run_layer_stage(
                 progress=ctx.progress, desc=f"block {name} recovery")
         acc = ctx.evaluate(model)
         stage_drop, total_drop = start_acc - acc, ctx.dense_val_acc - acc
-        if cfg.exact_removals or (stage_drop <= cfg.epsilon and total_drop <= r.max_accuracy_drop):
+        if cfg.exact_removals or (stage_drop <= cfg.epsilon and total_drop <= r.stage_budget):
             accepted += 1
             last_acc = acc
             records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed,
@@ -91,6 +91,6 @@ def run_layer_stage(
                 model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False, removed=removed,
                 recovery_steps=r.recovery.step_budget,
                 note=f"essential: drop {stage_drop:.2f} pp since stage start (ε={cfg.epsilon}), "
-                     f"{total_drop:.2f} pp total (Δ={r.max_accuracy_drop})"))
+                     f"{total_drop:.2f} pp total (budget {r.stage_budget})"))
             model = snapshot
     return model, records

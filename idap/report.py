@@ -89,6 +89,13 @@ def build_report(*, dense: dict, compressed: dict, steps: list[dict], recipe: di
         "removed_blocks": list(removed_blocks),
         "recipe": recipe,
     }
+    budget = recipe.get("max_accuracy_drop")
+    report["within_budget"] = None if budget is None else report["ratios"]["val_acc_drop_pp"] <= budget + 1e-9
+    if report["within_budget"] is False:
+        report["warnings"].append(
+            f"validation accuracy dropped {report['ratios']['val_acc_drop_pp']:.2f} pp, more than the budget of "
+            f"{budget} pp (the stages may spend stage_slack={recipe.get('stage_slack', 0)} pp beyond it in "
+            "anticipation of the final fine-tune, which did not recover enough)")
     if speedup is not None and macs_red is not None and speedup < SPEEDUP_AGREEMENT * macs_red:
         report["warnings"].append(
             f"measured batch-1 speed-up {speedup:.2f}x is below {SPEEDUP_AGREEMENT} x the MACs reduction "

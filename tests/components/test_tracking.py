@@ -1,4 +1,5 @@
-"""components._tracking on an embedded sqlite store: run tree, logging, registration, promotion by rule.
+"""components._tracking and components._registry on an embedded sqlite store: run tree, logging,
+registration, promotion by rule.
 
 Models are tiny random ``cnn_small`` bundles at 8x8; reports are built with ``idap.report.build_report``
 from chosen figures, so every promotion decision is known in advance.
@@ -20,8 +21,10 @@ import torch
 from mlflow import MlflowClient
 from safetensors.numpy import load_file, save_file
 
+from components import _registry as registry
 from components import _tracking as tracking
-from components._tracking import PromotionError, StepTracker, TrackingError
+from components._registry import PromotionError
+from components._tracking import StepTracker, TrackingError
 from idap.bundle import BundleError, load_bundle, save_bundle
 from idap.config import FilterStageConfig, Recipe
 from idap.models import create_model
@@ -99,7 +102,7 @@ def make_report(*, val=94.6, test=93.9, latency=0.5, macs=50_000, dense_val=95.0
 
 
 def register(bundles, digits, model="good", parent=None, name=NAME, **report):
-    return tracking.register_and_promote(
+    return registry.register_and_promote(
         parent_run_id=parent, model_dir=bundles[model], dense_dir=bundles["dense"], report=make_report(**report),
         recipe=RECIPE, dataset=digits.describe(), registered_name=name, base_model=str(bundles["dense"]))
 
@@ -293,7 +296,7 @@ def test_worse_model_stays_challenger_and_reregistration_is_idempotent(workdir, 
 ])
 def test_objectives(objective, candidate, expected):
     champ = {"latency_ms_b1": 0.5, "test_acc": 93.9, "macs": 50_000}
-    assert tracking._beats({**champ, **candidate}, champ, objective, 0.1)[0] is expected
+    assert registry._beats({**champ, **candidate}, champ, objective, 0.1)[0] is expected
 
 
 def test_budget_violation_never_becomes_champion(workdir, client, bundles, digits):
@@ -303,7 +306,7 @@ def test_budget_violation_never_becomes_champion(workdir, client, bundles, digit
     good = register(bundles, digits, "good", latency=0.5)
     assert good["decision"] == "champion"
     with pytest.raises(PromotionError, match="exceeds the budget.*force"):
-        tracking.promote(NAME, result["version"])
+        registry.promote(NAME, result["version"])
     assert champion(client) == good["version"]
 
 
@@ -313,7 +316,7 @@ def test_concurrent_promotions_end_on_the_better_model(workdir, client, bundles,
     script = """
         import json, sys, time
         from pathlib import Path
-        from components._tracking import register_and_promote
+        from components._registry import register_and_promote
         args = json.loads(sys.argv[1])
         Path(args.pop("ready")).touch()
         go = Path(args.pop("go"))
@@ -342,7 +345,7 @@ def test_concurrent_promotions_end_on_the_better_model(workdir, client, bundles,
     assert versions(client) == ["1", "2"]
     assert champion(client) == results["good"]["version"], results
     winner = client.get_model_version(NAME, results["good"]["version"])
-    assert winner.tags["idap.bundle_digest"] == tracking.bundle_digest(bundles["good"])
+    assert winner.tags["idap.bundle_digest"] == registry.bundle_digest(bundles["good"])
 
 
 def test_failed_registration_creates_no_version_and_moves_no_alias(workdir, client, bundles, digits, tmp_path,
@@ -353,11 +356,11 @@ def test_failed_registration_creates_no_version_and_moves_no_alias(workdir, clie
     probe = load_file(str(broken / "parity.safetensors"))
     save_file({"input": probe["input"], "output": probe["output"] + 1.0}, str(broken / "parity.safetensors"))
     with pytest.raises(BundleError, match="parity"):
-        tracking.register_and_promote(parent_run_id=None, model_dir=broken, dense_dir=bundles["dense"],
+        registry.register_and_promote(parent_run_id=None, model_dir=broken, dense_dir=bundles["dense"],
                                       report=make_report(latency=0.1), recipe=RECIPE, dataset=digits.describe(),
                                       registered_name=NAME, base_model="dense")
     # 2. Logging the dense model fails after the compressed one was logged.
-    real_log = tracking._log_bundle_model
+    real_log = registry._log_bundle_model
 
     def log_then_fail(run_id, bundle_dir, name, checked):
         if name == "dense_model":
@@ -366,7 +369,7 @@ def test_failed_registration_creates_no_version_and_moves_no_alias(workdir, clie
 
     parent = tracking.start_pipeline_run("doomed")
     with monkeypatch.context() as patch, pytest.raises(OSError, match="artifact store full"):
-        patch.setattr(tracking, "_log_bundle_model", log_then_fail)
+        patch.setattr(registry, "_log_bundle_model", log_then_fail)
         register(bundles, digits, "good", parent=parent, latency=0.1)
     assert client.get_run(parent).info.status == "FAILED"
     # 3. A failed pipeline run is refused outright.
@@ -388,18 +391,18 @@ def test_manual_promotion_by_rule_and_forced(workdir, client, bundles, digits):
     good = register(bundles, digits, "good", latency=0.5)
     worse = register(bundles, digits, "worse", latency=0.8)
     with pytest.raises(PromotionError, match=r"version 2 is not promoted: not lower: latency_ms_b1 0.8 ms vs 0.5 ms.*force"):
-        tracking.promote(NAME, worse["version"])
+        registry.promote(NAME, worse["version"])
     assert champion(client) == good["version"]
-    result = tracking.promote(NAME, worse["version"], force=True, reason="rollback drill")
+    result = registry.promote(NAME, worse["version"], force=True, reason="rollback drill")
     assert result["champion"] and champion(client) == worse["version"]
     tags = client.get_model_version(NAME, worse["version"]).tags
     assert tags["idap.promotion"] == "manual" and tags["idap.promotion_forced"] == "true"
     assert tags["idap.promotion_reason"] == "rollback drill" and tags["idap.previous_champion"] == good["version"]
     # By the rule, the faster model may be promoted back by hand without force.
-    assert tracking.promote(NAME, good["version"], reason="back")["champion"]
+    assert registry.promote(NAME, good["version"], reason="back")["champion"]
     assert client.get_model_version(NAME, good["version"]).tags["idap.promotion_forced"] == "false"
     with pytest.raises(PromotionError, match="has no version '9'"):
-        tracking.promote(NAME, "9")
+        registry.promote(NAME, "9")
 
 
 def test_unreachable_server_fails_fast_with_a_clear_error(monkeypatch, tmp_path):
@@ -425,15 +428,15 @@ def test_compare_and_set_repairs_a_stale_overwrite(workdir, client):
     fast = client.create_model_version("race", "file:///nowhere/a", tags={**figures, "idap.latency_ms_b1": "0.5"})
     slow = client.create_model_version("race", "file:///nowhere/b", tags={**figures, "idap.latency_ms_b1": "0.8"})
     client.set_registered_model_alias("race", "champion", slow.version)  # the stale write
-    final, first = tracking._settle_champion(client, "race", "latency", 0.1)
+    final, first = registry._settle_champion(client, "race", "latency", 0.1)
     assert str(first.version) == str(slow.version) and str(final.version) == str(fast.version)
     assert champion(client, "race") == str(fast.version)
     # A forced manual decision clears the contenders, so the loop does not undo it later.
-    tracking.promote("race", str(slow.version), force=True, reason="drill")
-    final, _ = tracking._settle_champion(client, "race", "latency", 0.1)
+    registry.promote("race", str(slow.version), force=True, reason="drill")
+    final, _ = registry._settle_champion(client, "race", "latency", 0.1)
     assert str(final.version) == str(slow.version) == champion(client, "race")
     # A version that already settled as challenger is not revived by a later settle.
     loser = client.create_model_version("race", "file:///nowhere/c", tags={
         **figures, "idap.contender_at": f"{time.time():.3f}", "idap.latency_ms_b1": "0.1", "idap.promotion": "challenger"})
-    final, _ = tracking._settle_champion(client, "race", "latency", 0.1)
+    final, _ = registry._settle_champion(client, "race", "latency", 0.1)
     assert str(final.version) == str(slow.version) != str(loser.version)

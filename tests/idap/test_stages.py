@@ -147,3 +147,26 @@ def test_total_budget_is_spent_exactly(digits, trained_resnet20):
     assert sum(s.recovery_steps for s in result.steps) == 20
     assert result.steps[-1].stage == "finetune" and result.steps[-1].recovery_steps == 20 - sum(
         s.recovery_steps for s in result.steps[:-1])
+
+
+def test_stage_slack_lets_stages_spend_beyond_the_budget(digits, trained_resnet20):
+    strict = recipe(max_accuracy_drop=0.0, filter={"p0": 0.9, "steps": 1}, recovery={"step_budget": 0})
+    loose = recipe(max_accuracy_drop=0.0, stage_slack=100.0, filter={"p0": 0.9, "steps": 1}, recovery={"step_budget": 0})
+    assert loose.stage_budget == 100.0 and strict.stage_budget == 0.0
+    ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, strict, dense_val_acc=100.0)
+    _, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
+    assert steps[0].action == "rollback"
+    ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, loose, dense_val_acc=100.0)
+    _, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
+    assert steps[0].action == "prune"
+
+
+def test_report_flags_a_model_outside_the_budget():
+    from idap.report import build_report
+
+    side = {"val_acc": 90.0, "test_acc": 90.0, "params": 10, "macs": 10}
+    report = build_report(dense={**side, "val_acc": 92.0}, compressed=side, steps=[], recipe={"max_accuracy_drop": 1.0},
+                          dataset={"name": "x"}, model_name="m")
+    assert report["within_budget"] is False and any("budget" in w for w in report["warnings"])
+    ok = build_report(dense=side, compressed=side, steps=[], recipe={"max_accuracy_drop": 1.0}, dataset={}, model_name="m")
+    assert ok["within_budget"] is True and not ok["warnings"]

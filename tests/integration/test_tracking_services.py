@@ -14,6 +14,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
+from components import _registry as registry
 from components import _tracking as tracking
 from components._storage import StorageError, download
 from components._tracking import TrackingError
@@ -40,7 +41,7 @@ def bundles(tmp_path_factory):
 
 
 def register(bundles, digits, model, name, parent=None, **report):
-    return tracking.register_and_promote(
+    return registry.register_and_promote(
         parent_run_id=parent, model_dir=bundles[model], dense_dir=bundles["dense"], report=make_report(**report),
         recipe=RECIPE, dataset=digits.describe(), registered_name=name, base_model=str(bundles["dense"]))
 
@@ -102,7 +103,7 @@ def test_concurrent_promotions_through_server(service_env, bundles, digits, tmp_
     script = """
         import json, sys, time
         from pathlib import Path
-        from components._tracking import register_and_promote
+        from components._registry import register_and_promote
         args = json.loads(sys.argv[1])
         Path(args.pop("ready")).touch()
         go = Path(args.pop("go"))
