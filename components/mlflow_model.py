@@ -1,6 +1,6 @@
 """The MLflow model of an IDAP bundle, logged *from code*: MLflow stores this file, never a pickle.
 
-``components._tracking`` logs every compressed model (and its dense baseline) with
+``components._registry`` logs every compressed model (and its dense baseline) with
 
     mlflow.pyfunc.log_model(name="model", python_model="components/mlflow_model.py",
                             artifacts={"bundle": "<bundle dir>"}, code_paths=[<idap sources>], ...)

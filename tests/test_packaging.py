@@ -35,7 +35,8 @@ def test_pyproject_pins_the_stack():
 
 
 def test_console_script():
-    assert PYPROJECT["project"]["scripts"]["idap"] == "idap.cli:main"
+    # the console script lives at the edge: idap/ never imports orchestration code
+    assert PYPROJECT["project"]["scripts"]["idap"] == "pipelines.cli:main"
 
 
 def test_dockerfile_installs_the_project_and_pins_nothing():

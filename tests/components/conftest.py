@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 from kfp import dsl
 
 TINY_RECIPE = {
@@ -33,17 +32,13 @@ class Chain:
 
 @pytest.fixture(scope="package")
 def tracking_env(tmp_path_factory):
-    """IDAP_WORKDIR and a sqlite MLflow store private to this package's tests, and one torch thread: on a
-    shared 2-core machine two OpenMP threads spin against the other jobs and run ~10x slower."""
+    """IDAP_WORKDIR and a sqlite MLflow store private to this package's tests."""
     work = tmp_path_factory.mktemp("components-work")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("IDAP_WORKDIR", str(work))
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
         mp.setenv("IDAP_EXPERIMENT", "idap-component-tests")
         yield work
-    torch.set_num_threads(threads)
 
 
 def run_chain(root: Path, recipe_json: str, **prepare_overrides) -> Chain:

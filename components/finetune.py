@@ -1,0 +1,38 @@
+"""Pipeline step 6: the final distillation fine-tune against the dense teacher."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components._artifacts import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def finetune(
+    data: Input[Dataset],
+    dense: Input[Model],
+    in_model: Input[Model],
+    in_trajectory: Input[Artifact],
+    recipe_json: str,
+    parent_run_id: str,
+    model: Output[Model],
+    trajectory: Output[Artifact],
+):
+    """``recovery.final_budget`` optimizer steps (or what the stages left of ``recovery.total_budget``) with
+    the cosine schedule; the result is the compressed model."""
+    from components import _artifacts, _tracking
+    from idap.bundle import load_bundle
+    from idap.compress import final_finetune
+    from idap.data import load_splits
+    from idap.steps import RunContext
+
+    recipe = _artifacts.recipe_from_json(recipe_json)
+    splits = load_splits(data.path)
+    steps = _artifacts.load_trajectory(in_trajectory.path)
+    dense_model = load_bundle(dense.path)
+    with _tracking.step_run(parent_run_id, "finetune", params={"recovery.final_budget": recipe.recovery.final_budget}) as t:
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t),
+                                dense_val_acc=_artifacts.dense_val_acc(steps))
+        current, records = final_finetune(load_bundle(in_model.path), ctx, dense_model, spent=ctx.recovery_spent(steps))
+        _artifacts.save_model(current, model, splits, recipe=recipe.to_dict(),
+                              metadata={"dataset": splits.describe(), "recipe_digest": recipe.digest()})
+        _artifacts.save_trajectory(trajectory.path, steps + records)

@@ -1,0 +1,46 @@
+"""Pipeline step 5: stage 2, flow-guided removal of whole blocks."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model, Output
+
+from components._artifacts import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def prune_layers(
+    data: Input[Dataset],
+    dense: Input[Model],
+    in_model: Input[Model],
+    in_trajectory: Input[Artifact],
+    recipe_json: str,
+    parent_run_id: str,
+    model: Output[Model],
+    trajectory: Output[Artifact],
+):
+    """Remove up to ``layer.max_removals`` blocks of the filter-pruned model (and, with a MACs target the
+    blocks stop short of, let stage 1 top up the gap), as ``idap compress`` does; with ``layer.enabled``
+    false the model and trajectory pass through unchanged."""
+    import shutil
+
+    from components import _artifacts, _tracking
+    from idap.bundle import load_bundle
+    from idap.compress import layer_stage
+    from idap.data import load_splits
+    from idap.steps import RunContext
+
+    recipe = _artifacts.recipe_from_json(recipe_json)
+    steps = _artifacts.load_trajectory(in_trajectory.path)
+    with _tracking.step_run(parent_run_id, "prune_layers", params={"layer.enabled": recipe.layer.enabled}) as t:
+        if not recipe.layer.enabled:
+            shutil.copytree(in_model.path, model.path, dirs_exist_ok=True)
+            shutil.copyfile(in_trajectory.path, trajectory.path)
+            model.metadata.update(in_model.metadata)
+            print("layer stage disabled by the recipe: model passed through", flush=True)
+            return
+        splits = load_splits(data.path)
+        dense_model = load_bundle(dense.path)
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t),
+                                dense_val_acc=_artifacts.dense_val_acc(steps))
+        current, records = layer_stage(load_bundle(in_model.path), ctx, dense_model)
+        _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
+        _artifacts.save_trajectory(trajectory.path, steps + records)

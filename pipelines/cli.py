@@ -1,0 +1,296 @@
+"""The ``idap`` console script: the library's commands plus what only the edge can do.
+
+``idap.cli`` is the plain-PyTorch CLI; this module builds its parser and adds MLflow tracking to
+``idap compress`` (``--no-track`` to skip it), s3:// locations, ``idap promote`` and the pipeline
+commands::
+
+    idap pipeline compile [--out DIR]                       IR YAML of every pipeline
+    idap pipeline run compress [--param k=v ...] [--recipe FILE]      run locally (kfp.local)
+    idap pipeline submit [compress] --host URL [--param ...] [--recipe FILE] [--experiment NAME]
+    idap pipeline schedule [compress] --host URL --cron EXPR [--max-concurrency N] [--name NAME] ...
+
+User errors end with one line naming the problem and exit code 2.
+"""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from components import _registry, _storage, _tracking
+from components._artifacts import effective_recipe, recipe_param
+from components._settings import SettingsError, load_settings
+from idap import cli as idap_cli
+from idap.config import Recipe
+from pipelines import kfp_client
+
+# Pipelines by name, imported on use so that a later one (a Ray Tune search) costs nothing until run.
+PIPELINES = {"compress": "pipelines.compress:compress_pipeline"}
+# Pipeline parameters that override recipe fields (components._artifacts.effective_recipe).
+RECIPE_OVERRIDES = ("seed", "max_accuracy_drop", "target_macs_reduction", "target_params_reduction")
+
+
+class PipelineError(ValueError):
+    """A pipeline name or parameter the user gave is not valid."""
+
+
+EDGE_ERRORS = (*idap_cli.USER_ERRORS, SettingsError, PipelineError, kfp_client.CronError, kfp_client.KfpError,
+               _tracking.TrackingError)
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ---- pipelines and their parameters ------------------------------------------------------------
+def load_pipeline(name: str):
+    if name not in PIPELINES:
+        raise PipelineError(f"unknown pipeline {name!r}; valid: {sorted(PIPELINES)}")
+    module, attr = PIPELINES[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def pipeline_parameters(pipeline) -> dict[str, tuple[str, object]]:
+    """``{name: (type, default)}`` of a pipeline's parameters (type: String, Integer, Float, Boolean)."""
+    return {name: (spec.type, spec.default) for name, spec in pipeline.component_spec.inputs.items()}
+
+
+def _typed(name: str, kind: str, raw: str):
+    try:
+        if kind == "Integer":
+            return int(raw)
+        if kind == "Float":
+            return float(raw)
+        if kind == "Boolean":
+            if raw.lower() in ("true", "1", "yes"):
+                return True
+            if raw.lower() in ("false", "0", "no"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise PipelineError(f"parameter {name} must be {kind.lower()}, got {raw!r}") from None
+    return raw
+
+
+def pipeline_arguments(pipeline, params: list[str], recipe_file: str | None) -> dict:
+    """``--param k=v`` (typed by the pipeline's signature) and ``--recipe FILE``, checked before anything runs."""
+    spec = pipeline_parameters(pipeline)
+    arguments: dict = {}
+    for item in params:
+        key, eq, raw = item.partition("=")
+        key = key.strip()
+        if not eq or not key:
+            raise PipelineError(f"--param {item!r} must look like name=value")
+        if key not in spec:
+            raise PipelineError(f"unknown parameter {key!r} for pipeline {pipeline.name}; valid: {sorted(spec)}")
+        arguments[key] = _typed(key, spec[key][0], raw)
+    if recipe_file:
+        if "recipe_json" in arguments:
+            raise PipelineError("give the recipe either as --recipe FILE or as --param recipe_json=..., not both")
+        arguments["recipe_json"] = recipe_param(Recipe.from_yaml(recipe_file))
+    if "recipe_json" in spec:  # fail here, not three steps into a run, on a bad recipe or override
+        values = {k: arguments.get(k, spec[k][1]) for k in spec}
+        overrides = {k: values[k] for k in RECIPE_OVERRIDES if values.get(k) is not None}
+        effective_recipe(values["recipe_json"] or "", **overrides)
+    return arguments
+
+
+# ---- pipeline commands -------------------------------------------------------------------------
+def cmd_compile(args: argparse.Namespace) -> int:
+    from kfp import compiler
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in sorted(PIPELINES):
+        path = out / f"{name}.yaml"
+        compiler.Compiler().compile(load_pipeline(name), str(path))
+        print(path)
+    return 0
+
+
+def run_local(name: str, arguments: dict) -> dict:
+    """Run a pipeline on this machine with ``kfp.local`` (one subprocess per step, this venv).
+
+    Returns:
+        ``{"outputs": {name: path or value}, "pipeline_root", "tracking_uri", "seconds"}``.
+    """
+    from kfp import local
+
+    pipeline = load_pipeline(name)
+    settings = load_settings()
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    # the steps are subprocesses: they must find the same work directory and tracking store
+    os.environ["IDAP_WORKDIR"] = str(settings.workdir)
+    os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    root = settings.workdir / "kfp"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        task = pipeline(**arguments)
+    outputs = {k: getattr(v, "path", v) for k, v in task.outputs.items()}
+    return {"outputs": outputs, "pipeline_root": str(root), "tracking_uri": settings.tracking_uri,
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
+def tracking_ui_hint(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.name)
+    arguments = pipeline_arguments(pipeline, args.params, args.recipe)
+    if args.threads:
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the steps are subprocesses: torch reads it at start
+    log(f"running pipeline {pipeline.name} locally with {json.dumps(arguments)[:300]}")
+    try:
+        result = run_local(args.name, arguments)
+    except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
+        log(f"error: {exc} (the failing step's log is above)")
+        return 1
+    out = result["outputs"]
+    lines = [f"pipeline {pipeline.name} finished in {result['seconds']:.0f} s"]
+    if "model" in out:
+        lines.append(f"compressed model (bundle): {out['model']}")
+    if "report" in out:
+        lines.append(f"report: {out['report']}")
+    if "registration" in out:
+        reg = json.loads(out["registration"])
+        lines.append(f"registered: {reg.get('name')} version {reg.get('version')} "
+                     f"({reg.get('decision')}: {reg.get('reason')})")
+    lines.append(f"all step outputs: {result['pipeline_root']}")
+    lines.append(f"tracking UI: {tracking_ui_hint(result['tracking_uri'])}")
+    print("\n".join(lines), flush=True)
+    return 0
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.name)
+    arguments = pipeline_arguments(pipeline, args.params, args.recipe)
+    result = kfp_client.submit(pipeline, host=args.host, arguments=arguments, experiment=args.experiment,
+                               run_name=args.run_name, namespace=args.namespace)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    pipeline = load_pipeline(args.name)
+    cron = kfp_client.normalize_cron(args.cron)  # before compiling anything
+    arguments = pipeline_arguments(pipeline, args.params, args.recipe)
+    result = kfp_client.schedule(pipeline, host=args.host, cron=cron, arguments=arguments,
+                                 name=args.schedule_name or f"{pipeline.name} {cron}", experiment=args.experiment,
+                                 max_concurrency=args.max_concurrency, namespace=args.namespace)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+# ---- tracked compress and promotion ------------------------------------------------------------
+def cmd_compress(args: argparse.Namespace) -> int:
+    """``idap compress`` with s3:// inputs resolved and, unless --no-track, an MLflow run around it."""
+    settings = load_settings()
+    if args.model_dir and _storage.is_s3(args.model_dir):
+        args.model_dir = str(_storage.resolve_input(args.model_dir, settings.workdir))
+    if _storage.is_s3(args.dataset):
+        args.dataset = str(_storage.resolve_input(args.dataset, settings.workdir))
+    if args.no_track:
+        return idap_cli.cmd_compress(args)
+    _tracking.configure(settings)
+    params = {"model": args.model_dir or args.model, "dataset": args.dataset, "out": args.out}
+    with _tracking.step_run(None, "compress", params=params) as tracker:
+        out, report, result = idap_cli.run_compress(args, on_step=tracker.on_step)
+        tracker.log_recipe(result.recipe)
+        tracker.log_dataset(report["dataset"])
+        tracker.log_report(report, out)
+        tracker.log_artifacts(out, "compress")
+        run_id = tracker.run_id
+    print(json.dumps({"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"],
+                      "mlflow_run_id": run_id}))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    _tracking.configure()
+    print(json.dumps(_registry.promote(args.name, args.version, force=args.force, reason=args.reason), indent=2))
+    return 0
+
+
+# ---- parser ------------------------------------------------------------------------------------
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return int(text)
+
+
+def _add_arguments(p: argparse.ArgumentParser, *, name_optional: bool) -> None:
+    if name_optional:
+        p.add_argument("name", nargs="?", default="compress", help=f"pipeline: one of {sorted(PIPELINES)}")
+    else:
+        p.add_argument("name", help=f"pipeline: one of {sorted(PIPELINES)}")
+    p.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=VALUE",
+                   help="a pipeline parameter (repeatable); unknown names are refused with the valid list")
+    p.add_argument("--recipe", default=None, help="YAML recipe, passed as the recipe_json parameter")
+
+
+def _add_remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", required=True, help="Kubeflow Pipelines API URL; token from $KFP_TOKEN")
+    p.add_argument("--experiment", default="idap", help="KFP experiment (created when missing)")
+    p.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = idap_cli.build_parser()
+    sub = parser.commands
+
+    compress = sub.choices["compress"]
+    compress.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
+    compress.set_defaults(func=cmd_compress)
+
+    p = sub.add_parser("promote", help="alias a registered model version as champion (MLflow)")
+    p.add_argument("--name", required=True, help="registered model name")
+    p.add_argument("--version", required=True, help="version to promote")
+    p.add_argument("--force", action="store_true", help="promote even if the rule says no")
+    p.add_argument("--reason", default="manual", help="recorded with the promotion")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("pipeline", help="Kubeflow pipelines: compile, run locally, submit, schedule")
+    psub = p.add_subparsers(dest="pipeline_command", required=True)
+    c = psub.add_parser("compile", help="write the IR YAML of every pipeline")
+    c.add_argument("--out", default="build/pipelines")
+    c.set_defaults(func=cmd_compile)
+    r = psub.add_parser("run", help="run a pipeline on this machine (kfp.local, subprocesses)")
+    _add_arguments(r, name_optional=False)
+    r.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch CPU threads of every step (OMP_NUM_THREADS; default: torch's choice)")
+    r.set_defaults(func=cmd_run)
+    s = psub.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
+    _add_arguments(s, name_optional=True)
+    _add_remote(s)
+    s.add_argument("--run-name", default=None)
+    s.set_defaults(func=cmd_submit)
+    s = psub.add_parser("schedule", help="create a recurring run on a Kubeflow Pipelines cluster")
+    _add_arguments(s, name_optional=True)
+    _add_remote(s)
+    s.add_argument("--cron", required=True, help="5 fields, or 6 with seconds first (Kubeflow's form)")
+    s.add_argument("--max-concurrency", type=int, default=1)
+    s.add_argument("--name", dest="schedule_name", default=None, help="recurring run name")
+    s.set_defaults(func=cmd_schedule)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return idap_cli.run(args)  # --threads, and the library's user errors as one line
+    except EDGE_ERRORS as exc:
+        log(f"error: {type(exc).__name__}: {exc}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

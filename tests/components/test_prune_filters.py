@@ -1,0 +1,44 @@
+"""prune_filters: stage 1 from the profile artifact; the dense model is not scored a second time."""
+
+import copy
+
+import torch
+from kfp import dsl
+
+import idap.importance
+from components._artifacts import load_trajectory, profile_from_json, read_json, recipe_from_json
+from components.prune_filters import prune_filters
+from idap.bundle import load_bundle
+from idap.compress import filter_stage
+from idap.data import load_splits
+from idap.metrics import count_params
+from idap.steps import RunContext
+
+
+def test_trajectory_starts_dense_and_the_bundle_is_the_last_kept_model(chain):
+    steps = load_trajectory(chain.out["filters_trajectory"].path)
+    assert steps[0].stage == "dense" and {s.stage for s in steps[1:]} == {"filter"}
+    kept = [s for s in steps if s.accepted]
+    model = load_bundle(chain.out["filters"].path)
+    assert count_params(model) == kept[-1].params < steps[0].params
+    assert chain.out["filters"].metadata["params"] == kept[-1].params
+
+
+def test_same_model_as_filter_stage_in_process(chain):
+    recipe = recipe_from_json(chain.recipe_json)
+    splits = load_splits(chain.out["data"].path)
+    dense = load_bundle(chain.out["dense"].path)
+    ctx = RunContext.create(dense, splits, recipe)
+    model, _ = filter_stage(copy.deepcopy(dense), ctx, dense, profile_from_json(read_json(chain.out["profile"].path)))
+    assert torch.equal(model(splits.test_x), load_bundle(chain.out["filters"].path)(splits.test_x))
+
+
+def test_first_step_ranks_by_the_profile_artifact(chain, tmp_path, monkeypatch):
+    calls = []
+    real = idap.importance.flow_profile
+    monkeypatch.setattr(idap.importance, "flow_profile", lambda *a, **k: calls.append(1) or real(*a, **k))
+    prune_filters.python_func(data=chain.out["data"], dense=chain.out["dense"], profile=chain.out["profile"],
+                              recipe_json=chain.recipe_json, parent_run_id="",
+                              model=dsl.Model(uri=str(tmp_path / "m")), trajectory=dsl.Artifact(uri=str(tmp_path / "t")))
+    pruning_steps = [s for s in read_json(tmp_path / "t") if s["stage"] == "filter"]
+    assert len(calls) == len(pruning_steps) - 1  # every step scores its model, except the first: the artifact

@@ -1,0 +1,189 @@
+"""The `idap` console script: parameters, user errors, tracked `idap compress`, `idap promote`, dispatch."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import pipelines.cli as cli
+from components import _registry, _tracking
+from pipelines.cli import load_pipeline, main, pipeline_arguments
+
+TINY = """calibration_size: 128
+validation_size: 256
+eval_batch_size: 256
+device: cpu
+max_accuracy_drop: 5.0
+filter: {steps: 1, p0: 0.2}
+recovery: {step_budget: 5, final_budget: 5, batch_size: 64}
+"""
+
+
+@pytest.fixture
+def work(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDAP_WORKDIR", str(tmp_path / "work"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'work' / 'mlflow.db'}")
+    monkeypatch.setenv("IDAP_EXPERIMENT", "cli-tests")
+    (tmp_path / "tiny.yaml").write_text(TINY)
+    threads = torch.get_num_threads()
+    yield tmp_path
+    torch.set_num_threads(threads)  # --threads of a command under test sets it for the whole process
+
+
+def one_error_line(capsys) -> str:
+    """The command's own error: one line, the last one (MLflow may log its database setup before it)."""
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if " INFO mlflow." not in line]
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+# ---- parameters ----------------------------------------------------------------------------------
+def test_parameters_are_typed_by_the_pipeline_signature(work):
+    args = pipeline_arguments(load_pipeline("compress"), ["seed=3", "train_epochs=1.5", "measure_latency=false",
+                                                          "dataset=digits", "run_name=a=b"], str(work / "tiny.yaml"))
+    assert args["seed"] == 3 and args["train_epochs"] == 1.5 and args["measure_latency"] is False
+    assert args["dataset"] == "digits" and args["run_name"] == "a=b"
+    assert json.loads(args["recipe_json"])["filter"]["steps"] == 1
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--param", "epochs=3"], "unknown parameter 'epochs' for pipeline idap-compress; valid: ['base_model_uri',"),
+    (["--param", "seed=three"], "parameter seed must be integer, got 'three'"),
+    (["--param", "measure_latency=maybe"], "parameter measure_latency must be boolean"),
+    (["--param", "seed"], "--param 'seed' must look like name=value"),
+    (["--param", "max_accuracy_drop=500"], "max_accuracy_drop must be in [0, 100]"),
+    (["--param", "target_macs_reduction=0.5"], "target_macs_reduction must be empty or a factor"),
+    (["--recipe", "missing.yaml"], "recipe file missing.yaml does not exist"),
+    (["--param", "recipe_json={", ], "recipe_json is not valid JSON"),
+])
+def test_run_refuses_bad_parameters_before_running(work, capsys, argv, message):
+    assert main(["pipeline", "run", "compress", *argv]) == 2
+    assert message in one_error_line(capsys)
+    assert not (work / "work" / "kfp").exists()
+
+
+def test_recipe_given_twice_is_refused(work, capsys):
+    assert main(["pipeline", "run", "compress", "--recipe", str(work / "tiny.yaml"), "--param", "recipe_json={}"]) == 2
+    assert "either as --recipe FILE or as --param recipe_json" in one_error_line(capsys)
+
+
+def test_unknown_pipeline_lists_the_valid_ones(capsys):
+    assert main(["pipeline", "run", "search"]) == 2
+    assert "unknown pipeline 'search'; valid: ['compress']" in one_error_line(capsys)
+
+
+def test_run_prints_where_everything_is(work, capsys, monkeypatch):
+    outputs = {"model": "/w/kfp/run/finetune/model", "report": "/w/kfp/run/evaluate/report",
+               "registration": json.dumps({"name": "n", "version": "2", "decision": "challenger", "reason": "slower"})}
+    monkeypatch.setattr(cli, "run_local", lambda name, arguments: {
+        "outputs": outputs, "pipeline_root": "/w/kfp", "tracking_uri": "sqlite:////w/mlflow.db", "seconds": 12.0})
+    assert main(["pipeline", "run", "compress", "--param", "dataset=digits"]) == 0
+    out = capsys.readouterr().out
+    assert "compressed model (bundle): /w/kfp/run/finetune/model" in out
+    assert "report: /w/kfp/run/evaluate/report" in out
+    assert "registered: n version 2 (challenger: slower)" in out
+    assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in out
+
+
+# ---- idap compress with tracking ----------------------------------------------------------------
+def test_compress_is_tracked_in_mlflow(work, capsys):
+    out_dir = work / "out"
+    assert main(["compress", "--model", "cnn_small", "--train-epochs", "2", "--dataset", "digits", "--recipe",
+                 str(work / "tiny.yaml"), "--out", str(out_dir), "--no-latency", "--no-onnx", "--quiet"]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    client = _tracking._client(_tracking.configure())
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["idap.step"] == "compress"
+    assert run.data.params["filter.steps"] == "1" and run.data.tags["idap.dataset"] == "digits"
+    assert run.data.metrics["compressed_test_acc"] == pytest.approx(result["test_acc"])
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1, 2]  # dense, filter, finetune
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "compress")}
+    assert {"compress/model", "compress/report.json", "compress/recipe.yaml"} <= logged
+
+
+def test_no_track_writes_no_tracking_store(work, capsys):
+    assert main(["compress", "--model", "cnn_small", "--train-epochs", "1", "--dataset", "digits", "--recipe",
+                 str(work / "tiny.yaml"), "--out", str(work / "out"), "--no-latency", "--no-onnx", "--quiet",
+                 "--no-track"]) == 0
+    assert json.loads(capsys.readouterr().out)["out"] == str(work / "out")
+    assert (work / "out" / "model" / "weights.safetensors").is_file()
+    assert not (work / "work" / "mlflow.db").exists()
+
+
+# ---- promote and dispatch -----------------------------------------------------------------------
+def test_promote_prints_the_decision_as_json(work, capsys, monkeypatch):
+    calls = []
+    monkeypatch.setattr(_registry, "promote", lambda name, version, force, reason: calls.append(
+        (name, version, force, reason)) or {"name": name, "version": version, "decision": "manual"})
+    assert main(["promote", "--name", "idap-cnn", "--version", "3", "--force"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "idap-cnn", "version": "3", "decision": "manual"}
+    assert calls == [("idap-cnn", "3", True, "manual")]
+
+
+def test_promote_of_a_missing_version_is_one_clear_line(work, capsys):
+    assert main(["promote", "--name", "no-such-model", "--version", "1"]) == 2
+    assert "no-such-model" in one_error_line(capsys)
+
+
+def test_library_commands_dispatch_to_idap_cli(work, capsys):
+    assert main(["evaluate", "--model-dir", str(work / "missing"), "--dataset", "digits"]) == 2
+    assert "missing" in one_error_line(capsys)
+
+
+def test_console_script_is_the_edge_cli():
+    import tomllib
+    from pathlib import Path
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert pyproject["project"]["scripts"]["idap"] == "pipelines.cli:main"
+
+
+def test_idap_stays_a_plain_library():
+    """idap never imports orchestration, not even through its CLI."""
+    code = ("import idap, idap.cli, sys; "
+            "bad = sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'mlflow', 'ray', 'boto3', 'components', "
+            "'pipelines'}); assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_compress_reads_an_s3_model_dir_through_storage(work, capsys, monkeypatch):
+    from components import _storage
+    from idap.bundle import save_bundle
+    from idap.models import create_model
+
+    torch.manual_seed(0)
+    local = save_bundle(create_model("cnn_small", 10, 1, 8), work / "cache" / "dense", input_shape=(1, 8, 8))
+    asked = []
+    monkeypatch.setattr(_storage, "resolve_input", lambda uri, workdir: asked.append(uri) or local)
+    assert main(["compress", "--model-dir", "s3://models/cnn/dense", "--dataset", "digits", "--recipe",
+                 str(work / "tiny.yaml"), "--out", str(work / "out"), "--no-latency", "--no-onnx", "--quiet",
+                 "--no-track"]) == 0
+    assert asked == ["s3://models/cnn/dense"]
+    assert json.loads(capsys.readouterr().out)["out"] == str(work / "out")
+
+
+def test_recipes_load_and_default_is_the_library_default():
+    from pathlib import Path
+
+    from idap.config import Recipe
+
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    assert Recipe.from_yaml(recipes / "default.yaml") == Recipe()
+    demo = Recipe.from_yaml(recipes / "demo.yaml")
+    assert demo.filter.steps < Recipe().filter.steps and demo.recovery.final_budget < Recipe().recovery.final_budget
+
+
+def test_pipeline_run_threads_reach_the_steps(work, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = {}
+    monkeypatch.setattr(cli, "run_local", lambda name, arguments: seen.update(
+        omp=os.environ.get("OMP_NUM_THREADS")) or {"outputs": {}, "pipeline_root": "r",
+                                                                 "tracking_uri": "sqlite:///x", "seconds": 0})
+    assert main(["pipeline", "run", "compress", "--threads", "1"]) == 0
+    assert seen["omp"] == "1"
+    with pytest.raises(SystemExit) as exc:
+        main(["pipeline", "run", "compress", "--threads", "0"])
+    assert exc.value.code == 2
