@@ -15,7 +15,6 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from components._settings import DEFAULT_IMAGE
@@ -23,7 +22,6 @@ from idap.bundle import read_bundle_info, save_bundle
 from idap.cli import print_step
 from idap.config import ConfigError, Recipe
 from idap.data import DataSplits
-from idap.divergence import FlowProfile
 from idap.report import write_plots
 from idap.steps import StepRecord
 
@@ -107,17 +105,6 @@ def save_model(model: nn.Module, artifact, data: DataSplits, *, recipe: dict, me
 
 
 # ---- divergence profile ------------------------------------------------------------------------
-def profile_from_json(doc: dict) -> FlowProfile:
-    """Rebuild the :class:`FlowProfile` that ``FlowProfile.to_json`` wrote (float32 scores round-trip exactly)."""
-    return FlowProfile(
-        channel={layer["name"]: torch.tensor(layer["scores"], dtype=torch.float32) for layer in doc["layers"]},
-        heads={name: torch.tensor(scores, dtype=torch.float32) for name, scores in doc.get("heads", {}).items()},
-        blocks={name: float(score) for name, score in doc.get("blocks", {}).items()},
-        block_metric=doc.get("block_metric", "divergence"),
-        samples=int(doc.get("samples", 0)),
-    )
-
-
 def profile_json(doc: dict) -> dict:
     """The profile exactly as ``FlowProfile.to_json`` gave it, without the dense figures stored beside it."""
     return {k: v for k, v in doc.items() if k != "dense"}

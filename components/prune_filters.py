@@ -27,6 +27,7 @@ def prune_filters(
     from idap.bundle import load_bundle
     from idap.compress import filter_stage
     from idap.data import load_splits
+    from idap.divergence import FlowProfile
     from idap.steps import RunContext
 
     recipe = _artifacts.recipe_from_json(recipe_json)
@@ -40,7 +41,7 @@ def prune_filters(
         steps = [ctx.record(dense_model, "dense", 0, "dense", val_acc=ctx.dense_val_acc, started=started)]
         current = copy.deepcopy(dense_model)
         if recipe.filter.enabled:
-            current, records = filter_stage(current, ctx, dense_model, _artifacts.profile_from_json(doc))
+            current, records = filter_stage(current, ctx, dense_model, FlowProfile.from_json(doc))
             steps += records
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
         _artifacts.save_trajectory(trajectory.path, steps)

@@ -118,6 +118,17 @@ class FlowProfile:
             "blocks": dict(self.blocks),
         }
 
+    @classmethod
+    def from_json(cls, doc: dict) -> FlowProfile:
+        """Rebuild a profile from :meth:`to_json` (float32 scores round-trip exactly through JSON floats)."""
+        return cls(
+            channel={layer["name"]: torch.tensor(layer["scores"], dtype=torch.float32) for layer in doc["layers"]},
+            heads={name: torch.tensor(scores, dtype=torch.float32) for name, scores in doc.get("heads", {}).items()},
+            blocks={name: float(score) for name, score in doc.get("blocks", {}).items()},
+            block_metric=doc.get("block_metric", "divergence"),
+            samples=int(doc.get("samples", 0)),
+        )
+
 
 @torch.no_grad()
 def flow_profile(

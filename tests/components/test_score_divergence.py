@@ -1,11 +1,13 @@
+
 """score_divergence: the profile artifact rebuilds exactly the FlowProfile stage 1 would compute."""
 
 import torch
 
-from components._artifacts import profile_from_json, profile_json, read_json, recipe_from_json
+from components._artifacts import profile_json, read_json, recipe_from_json
 from idap.bundle import load_bundle
 from idap.compress import dense_profile
 from idap.data import load_splits
+from idap.divergence import FlowProfile
 from idap.steps import RunContext
 
 
@@ -15,7 +17,7 @@ def test_profile_round_trips_exactly(chain):
     ctx = RunContext.create(dense, splits, recipe_from_json(chain.recipe_json))
     expected = dense_profile(dense, ctx)
     doc = read_json(chain.out["profile"].path)
-    rebuilt = profile_from_json(doc)
+    rebuilt = FlowProfile.from_json(doc)
     assert profile_json(doc) == expected.to_json()
     assert list(rebuilt.channel) == list(expected.channel)
     for name, scores in expected.channel.items():
