@@ -71,13 +71,18 @@ class _Batches:
 
 
 def _adapter(student_feat: Tensor, teacher_feat: Tensor) -> nn.Module:
-    cs = student_feat.shape[1] if student_feat.dim() != 3 else student_feat.shape[-1]
-    ct = teacher_feat.shape[1] if teacher_feat.dim() != 3 else teacher_feat.shape[-1]
-    if cs == ct:
+    """Bridges a tap whose width pruning changed: the axis where student and teacher differ is the channel axis
+    (1 for conv maps; last for tokens and channels-last maps, e.g. ConvNeXt's MLP)."""
+    s, t = student_feat.shape, teacher_feat.shape
+    differ = [i for i in range(1, len(s)) if s[i] != t[i]]
+    if not differ:
         return nn.Identity()
-    if student_feat.dim() == 4:
-        return nn.Conv2d(cs, ct, kernel_size=1, bias=False)
-    return nn.Linear(cs, ct, bias=False)
+    axis = differ[0]
+    if axis == 1 and student_feat.dim() == 4:
+        return nn.Conv2d(s[1], t[1], kernel_size=1, bias=False)
+    if axis == len(s) - 1 or student_feat.dim() == 2:
+        return nn.Linear(s[-1], t[-1], bias=False)
+    raise ValueError(f"cannot bridge feature shapes {tuple(s)} -> {tuple(t)} at a distillation tap")
 
 
 def _cosine(step: int, total: int, base_lr: float) -> float:
