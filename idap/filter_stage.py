@@ -156,89 +156,39 @@ def run_filter_stage(
     for t in range(cfg.steps):
         started = time.perf_counter()
         if ctx.target_reached(model, macs_target):
-            records.append(
-                ctx.record(
-                    model,
-                    "filter",
-                    t,
-                    "stop",
-                    val_acc=_last_acc(records, ctx, model),
-                    started=started,
-                    accepted=False,
-                    note="target reached",
-                )
-            )
+            _stop(records, ctx, model, t, started, "target reached")
             break
-        imp.prepare(
-            model,
-            ScoringContext(
-                calib_x,
-                calib_y,
-                batch_size=r.eval_batch_size,
-                seed=r.seed + seed_offset + t,
-                device=ctx.device,
-                point=cfg.score_point,
-                score_pointwise=cfg.score_pointwise,
-            ),
-        )
+        imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + seed_offset + t,
+                                          device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))
         channel_picks = _plan_channels(model, ctx, imp, t, original)
         head_picks = _plan_heads(model, ctx, imp, t, original)
         if isinstance(imp, FlowImportance):
             imp.consume()
         if not channel_picks and not head_picks:
-            records.append(
-                ctx.record(
-                    model,
-                    "filter",
-                    t,
-                    "stop",
-                    val_acc=_last_acc(records, ctx, model),
-                    started=started,
-                    accepted=False,
-                    note="nothing left to prune above the per-layer floors",
-                )
-            )
+            _stop(records, ctx, model, t, started, "nothing left to prune above the per-layer floors")
             break
         channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
         snapshot = copy.deepcopy(model)
         removed = _apply(model, ctx, channel_picks, head_picks)
         model.zero_grad(set_to_none=True)
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        recover(
-            model,
-            teacher,
-            ctx.data.train_x,
-            ctx.data.train_y,
-            steps=r.recovery.step_budget,
-            config=r.recovery,
-            seed=r.seed + seed_offset + t,
-            device=ctx.device,
-            schedule=r.recovery.schedule,
-            progress=ctx.progress,
-            desc=f"filter step {t} recovery",
-        )
+        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
+                seed=r.seed + seed_offset + t, device=ctx.device, schedule=r.recovery.schedule,
+                progress=ctx.progress, desc=f"filter step {t} recovery")
         acc = ctx.evaluate(model)
         drop = ctx.dense_val_acc - acc
-        if drop > r.stage_budget:
-            rec = ctx.record(
-                model,
-                "filter",
-                t,
-                "rollback",
-                val_acc=acc,
-                started=started,
-                accepted=False,
-                removed=removed,
-                note=f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back",
-            )
-            records.append(rec)
+        rolled_back = drop > r.stage_budget
+        records.append(ctx.record(
+            model, "filter", t, "rollback" if rolled_back else "prune", val_acc=acc, started=started,
+            accepted=not rolled_back, removed=removed, recovery_steps=r.recovery.step_budget,
+            note=f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back" if rolled_back else ""))
+        if rolled_back:
             model = snapshot
             break
-        records.append(ctx.record(model, "filter", t, "prune", val_acc=acc, started=started, removed=removed,
-                                  recovery_steps=r.recovery.step_budget))
     return model, records
 
 
-def _last_acc(records: list[StepRecord], ctx: RunContext, model: nn.Module) -> float:
+def _stop(records: list[StepRecord], ctx: RunContext, model: nn.Module, t: int, started: float, note: str) -> None:
     kept = [r for r in records if r.accepted]
-    return kept[-1].val_acc if kept else ctx.evaluate(model)
+    acc = kept[-1].val_acc if kept else ctx.evaluate(model)
+    records.append(ctx.record(model, "filter", t, "stop", val_acc=acc, started=started, accepted=False, note=note))
