@@ -67,7 +67,10 @@ class FilterStageConfig:
     alpha: float = 1.5  # p_t = p0 * (1 + t/T) ** alpha
     min_channels: int = 8  # per-layer floor: keep at least max(min_channels, min_fraction * original)
     min_fraction: float = 0.1
-    score_point: str = "pre"  # pre: ReLU of the raw conv/linear output (parity); post: after norm + ReLU
+    # post: ReLU of the following norm's output; pre: ReLU of the raw conv/linear output (the authors' parity).
+    # post is the default because it won the benchmark's ablation (fashion-resnet20-quick, 3x fewer MACs, 2 seeds:
+    # test 88.52 % vs 87.84 %, validation 88.92 % vs 88.06 %).
+    score_point: str = "post"
     score_pointwise: bool = True  # score 1x1 convs (the authors' code never did)
     prune_heads: bool = True  # attention heads of ViTs, ranked by the head score
 

@@ -22,7 +22,7 @@ def test_plan_runs_every_method_at_each_point_of_its_axis():
     for seed in preset.seeds:
         mine = [j for j in jobs if j.seed == seed]
         assert {j.target for j in mine if j.method == "tp-lamp"} == set(preset.targets)
-        assert {j.target for j in mine if j.method == "idap++-post"} == set(preset.ablation_targets)
+        assert {j.target for j in mine if j.method == "idap++-pre"} == set(preset.ablation_targets)
         assert {j.blocks for j in mine if j.method == "depth-block-influence"} == set(preset.block_counts)
         assert [j.method for j in mine].count("dense-control") == 1
 
@@ -64,11 +64,11 @@ def test_goal_verdicts_follow_the_numbers():
 
 def test_ablation_winner_needs_a_margin_beyond_the_seed_spread():
     runs = [_run("idap++", 90.0, val=90.0), _run("idap++", 90.0, seed=1, val=90.2),
-            _run("idap++-post", 92.0, val=92.0), _run("idap++-post", 92.0, seed=1, val=92.1),
+            _run("idap++-pre", 92.0, val=92.0), _run("idap++-pre", 92.0, seed=1, val=92.1),
             _run("idap++-dense-teacher", 90.1, val=90.1), _run("idap++-dense-teacher", 90.1, seed=1, val=90.3)]
     by_choice = {a["choice"]: a for a in ablations(aggregate(runs))}
-    assert by_choice["filter.score_point"]["winner"] == "post"
-    assert "make filter.score_point=post the default" in by_choice["filter.score_point"]["advice"]
+    assert by_choice["filter.score_point"]["winner"] == "pre"
+    assert "make filter.score_point=pre the default" in by_choice["filter.score_point"]["advice"]
     assert by_choice["recovery.teacher"]["winner"].startswith("tie")
 
 
