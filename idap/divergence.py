@@ -82,6 +82,15 @@ def _is_pointwise(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.groups == 1
 
 
+def _channel_last(layer: nn.Module, output: Tensor) -> bool:
+    """Where the scored layer's channels sit in an observed output: last for linears; for convs axis 1, unless
+    the observed module is a channels-last norm (ConvNeXt: Permute -> LayerNorm), told apart by the width."""
+    if isinstance(layer, nn.Linear):
+        return True
+    width = layer.out_channels
+    return output.dim() > 2 and output.shape[1] != width and output.shape[-1] == width
+
+
 def _following_norms(model: nn.Module) -> dict[str, str]:
     """Map each conv/linear to the norm layer registered right after it (for score_point='post')."""
     leaves = [(n, m) for n, m in model.named_modules() if not list(m.children())]
@@ -180,10 +189,9 @@ def flow_profile(
 
     def on_forward(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         if name in by_observed and isinstance(output, Tensor):
-            channel_last = isinstance(module, (nn.Linear, nn.LayerNorm))
-            norms = positions_norm(output, channel_last).sum(dim=0)
             for layer in by_observed[name]:
-                sums[layer] = sums.get(layer, 0) + norms
+                channel_last = _channel_last(scored[layer], output)
+                sums[layer] = sums.get(layer, 0) + positions_norm(output, channel_last).sum(dim=0)
                 positions[layer] = num_positions(channels_first(output, channel_last))
         if name in attention:
             per_head = module.per_head_output(inputs[0])

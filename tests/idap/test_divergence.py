@@ -126,3 +126,15 @@ def test_profile_costs_one_forward_per_batch():
     m.register_forward_pre_hook(lambda mod, inp: calls.append(inp[0].shape[0]))
     flow_profile(m, torch.randn(10, 1, 3, 3), batch_size=4, blocks=["block"])
     assert calls == [4, 4, 2]
+
+
+@pytest.mark.parametrize("point", ["pre", "post"])
+def test_channels_last_blocks_score_one_value_per_channel(point):
+    from idap.models import create_model
+
+    m = create_model("convnext_tiny", 10, 1, 8).eval()  # Permute -> LayerNorm -> Linear, and LayerNorm2d stems
+    p = flow_profile(m, torch.randn(2, 1, 8, 8), point=point)
+    named = dict(m.named_modules())
+    for name, s in p.channel.items():
+        layer = named[name]
+        assert s.numel() == getattr(layer, "out_channels", getattr(layer, "out_features", None)), name
