@@ -313,35 +313,7 @@ def test_budget_violation_never_becomes_champion(workdir, client, bundles, digit
 @pytest.mark.slow
 def test_concurrent_promotions_end_on_the_better_model(workdir, client, bundles, digits, tmp_path):
     """Two processes register at once; whatever the interleaving, the faster model ends as champion."""
-    script = """
-        import json, sys, time
-        from pathlib import Path
-        from components._registry import register_and_promote
-        args = json.loads(sys.argv[1])
-        Path(args.pop("ready")).touch()
-        go = Path(args.pop("go"))
-        while not go.exists():
-            time.sleep(0.01)
-        print(json.dumps(register_and_promote(**args)))
-    """
-    go = tmp_path / "go"
-    procs = []
-    for model, latency in (("worse", 0.8), ("good", 0.5)):
-        args = {"parent_run_id": None, "model_dir": str(bundles[model]), "dense_dir": str(bundles["dense"]),
-                "report": make_report(latency=latency), "recipe": RECIPE.to_dict(), "dataset": digits.describe(),
-                "registered_name": NAME, "base_model": "dense", "ready": str(tmp_path / model), "go": str(go)}
-        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), json.dumps(args)], cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=subprocess_env()))
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / m).exists() for m in ("worse", "good")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    go.touch()
-    results = {}
-    for proc, model in zip(procs, ("worse", "good"), strict=True):
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{model}: {err[-4000:]}"
-        results[model] = json.loads(out.strip().splitlines()[-1])
+    results = race_two_registrations(tmp_path, bundles, digits, NAME)
     assert versions(client) == ["1", "2"]
     assert champion(client) == results["good"]["version"], results
     winner = client.get_model_version(NAME, results["good"]["version"])
@@ -440,3 +412,39 @@ def test_compare_and_set_repairs_a_stale_overwrite(workdir, client):
         **figures, "idap.contender_at": f"{time.time():.3f}", "idap.latency_ms_b1": "0.1", "idap.promotion": "challenger"})
     final, _ = registry._settle_champion(client, "race", "latency", 0.1)
     assert str(final.version) == str(slow.version) != str(loser.version)
+
+
+RACE_SCRIPT = """
+    import json, sys, time
+    from pathlib import Path
+    from components._registry import register_and_promote
+    args = json.loads(sys.argv[1])
+    Path(args.pop("ready")).touch()
+    go = Path(args.pop("go"))
+    while not go.exists():
+        time.sleep(0.01)
+    print(json.dumps(register_and_promote(**args)))
+"""
+
+
+def race_two_registrations(tmp_path, bundles, digits, name: str) -> dict:
+    """Register a slower ("worse") and a faster ("good") model from two processes released at the same instant."""
+    go = tmp_path / "go"
+    procs = []
+    for model, latency in (("worse", 0.8), ("good", 0.5)):
+        args = {"parent_run_id": None, "model_dir": str(bundles[model]), "dense_dir": str(bundles["dense"]),
+                "report": make_report(latency=latency), "recipe": RECIPE.to_dict(), "dataset": digits.describe(),
+                "registered_name": name, "base_model": "dense", "ready": str(tmp_path / model), "go": str(go)}
+        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(RACE_SCRIPT), json.dumps(args)], cwd=REPO,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                      env=subprocess_env()))
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / m).exists() for m in ("worse", "good")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    results = {}
+    for proc, model in zip(procs, ("worse", "good"), strict=True):
+        out, err = proc.communicate(timeout=180)
+        assert proc.returncode == 0, f"{model}: {err[-4000:]}"
+        results[model] = json.loads(out.strip().splitlines()[-1])
+    return results

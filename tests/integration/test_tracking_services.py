@@ -21,7 +21,13 @@ from components._tracking import TrackingError
 from idap.bundle import load_bundle, save_bundle
 from idap.models import create_model
 from idap.steps import StepRecord
-from tests.components.test_tracking import RECIPE, make_report, one_thread, subprocess_env  # noqa: F401
+from tests.components.test_tracking import (  # noqa: F401
+    RECIPE,
+    make_report,
+    one_thread,
+    race_two_registrations,
+    subprocess_env,
+)
 from tests.integration.services import closed_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -80,7 +86,7 @@ def test_register_and_promote_through_server(service_env, moto_s3, bundles, digi
     first = register(bundles, digits, "good", name, parent=parent, latency=0.5)
     second = register(bundles, digits, "worse", name, parent=parent, latency=0.9)
     tracking.finish_pipeline_run(parent)
-    client = MlflowClient()
+    client = MlflowClient(tracking_uri=service_env["MLFLOW_TRACKING_URI"])
     assert first["decision"] == "champion" and second["decision"] == "challenger"
     assert alias(client, name, "champion") == first["version"] and alias(client, name, "challenger") == second["version"]
     assert client.get_run(parent).info.status == "FINISHED"
@@ -100,35 +106,8 @@ def test_register_and_promote_through_server(service_env, moto_s3, bundles, digi
 def test_concurrent_promotions_through_server(service_env, bundles, digits, tmp_path):
     """No lock on a server: the compare-and-set loop must still leave the faster model as champion."""
     name = "it-race"
-    script = """
-        import json, sys, time
-        from pathlib import Path
-        from components._registry import register_and_promote
-        args = json.loads(sys.argv[1])
-        Path(args.pop("ready")).touch()
-        go = Path(args.pop("go"))
-        while not go.exists():
-            time.sleep(0.01)
-        print(json.dumps(register_and_promote(**args)))
-    """
-    go, procs = tmp_path / "go", []
-    for model, latency in (("worse", 0.8), ("good", 0.5)):
-        args = {"parent_run_id": None, "model_dir": str(bundles[model]), "dense_dir": str(bundles["dense"]),
-                "report": make_report(latency=latency), "recipe": RECIPE.to_dict(), "dataset": digits.describe(),
-                "registered_name": name, "base_model": "dense", "ready": str(tmp_path / model), "go": str(go)}
-        procs.append(subprocess.Popen([sys.executable, "-c", textwrap.dedent(script), json.dumps(args)], cwd=REPO,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                      env=subprocess_env()))
-    deadline = time.monotonic() + 120
-    while not all((tmp_path / m).exists() for m in ("worse", "good")) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    go.touch()
-    results = {}
-    for proc, model in zip(procs, ("worse", "good"), strict=True):
-        out, err = proc.communicate(timeout=180)
-        assert proc.returncode == 0, f"{model}: {err[-4000:]}"
-        results[model] = json.loads(out.strip().splitlines()[-1])
-    client = MlflowClient()
+    results = race_two_registrations(tmp_path, bundles, digits, name)
+    client = MlflowClient(tracking_uri=service_env["MLFLOW_TRACKING_URI"])
     assert len(client.search_model_versions(f"name = '{name}'")) == 2
     assert alias(client, name, "champion") == results["good"]["version"], results
 
