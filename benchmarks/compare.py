@@ -165,6 +165,7 @@ def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.devi
     seconds = time.perf_counter() - started
     info = {**evaluate_model(model, data, batch_size=preset.eval_batch, device=device), "settings": settings,
             "train_steps": round(preset.train_epochs * steps_per_epoch), "train_seconds": round(seconds, 1),
+            "trained_on": where(device),
             "digest": digest(settings)}
     model = model.cpu().eval()
     save_bundle(model, directory / "model", input_shape=input_shape(data), recipe={"train": settings},
@@ -233,9 +234,9 @@ def run_job(job: Job, preset: Preset, *, dense: nn.Module, dense_info: dict, dat
         trajectory = [r.to_json() for r in records]
         final = final_recipe.recovery.final_budget
     seconds = time.perf_counter() - started
-    model = model.cpu().eval()
     evaluated = time.perf_counter()
-    metrics = evaluate_model(model, data, batch_size=preset.eval_batch)
+    metrics = evaluate_model(model.eval(), data, batch_size=preset.eval_batch, device=device)
+    model = model.cpu().eval()
     removed = [n for n, m in model.named_modules() if isinstance(m, nn.Identity)
                and not isinstance(dict(dense.named_modules()).get(n), nn.Identity)]
     result = {
@@ -246,6 +247,7 @@ def run_job(job: Job, preset: Preset, *, dense: nn.Module, dense_info: dict, dat
         "reached_target": None if job.target is None else dense_info["macs"] / max(1, metrics["macs"]) >= job.target,
         "blocks_removed": removed, "recovery_steps": used, "finetune_steps": final, "total_steps": used + final,
         "compress_seconds": round(seconds, 1), "eval_seconds": round(time.perf_counter() - evaluated, 1),
+        "compressed_on": where(device),
         "trajectory": trajectory, "recipe": final_recipe.to_dict(), "cache_key": key,
     }
     save_bundle(model, directory / "model", input_shape=input_shape(data), recipe=final_recipe.to_dict(),
@@ -324,6 +326,12 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def where(device: torch.device) -> str:
+    """One line naming the hardware a job ran on (results may be computed on one machine and timed on another)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return f"{name}, host {cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}"
+
+
 def machine_info(device: torch.device) -> dict:
     def git(*args: str) -> str | None:
         try:
@@ -345,8 +353,71 @@ def machine_info(device: torch.device) -> dict:
 
 
 # ---- the whole comparison --------------------------------------------------------------------------
+# ---- parallel workers ----------------------------------------------------------------------------------
+CLAIM = ".claim"
+
+
+def claim(directory: Path) -> bool:
+    """Take a job for this worker process; False when another worker holds it (atomic: O_EXCL)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(directory / CLAIM, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def run_workers(preset: Preset, work: Path, worker_argv: list[str], workers: int) -> int:
+    """Run the preset's jobs in ``workers`` processes that claim jobs one at a time; the number that failed.
+
+    For a machine with many cores or a GPU: each worker trains on the same device with its own torch
+    threads. Stale claims of an interrupted run are cleared first (only one parent runs per work folder).
+    """
+    for stale in (work / preset.name).glob(f"*/*/{CLAIM}"):
+        stale.unlink(missing_ok=True)
+    for stale in (work / preset.name).glob(f"*/*/*/{CLAIM}"):
+        stale.unlink(missing_ok=True)
+    log(f"starting {workers} worker processes")
+    procs = [subprocess.Popen(worker_argv) for _ in range(workers)]
+    try:
+        codes = [p.wait() for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return sum(1 for c in codes if c != 0)
+
+
+def run_worker_jobs(jobs: list[Job], preset: Preset, work: Path, **kwargs) -> int:
+    """A worker: run every unclaimed job, keep going past a failed one; the number of failed jobs."""
+    import traceback
+
+    failed = 0
+    for job in jobs:
+        directory = work / preset.name / job.key
+        if not claim(directory):
+            continue
+        try:
+            run_job(job, preset, work=work, **kwargs)
+        except Exception:  # noqa: BLE001 - reported, counted, and the exit code says so
+            failed += 1
+            log(f"{job.key}: FAILED\n{traceback.format_exc()}")
+        finally:
+            (directory / CLAIM).unlink(missing_ok=True)
+    return failed
+
+
 def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_name: str, threads: int,
-                   plan_only: bool = False, command: str = "") -> dict | None:
+                   plan_only: bool = False, command: str = "", skip_speed: bool = False, workers: int = 1,
+                   worker: bool = False, worker_argv: list[str] | None = None) -> dict | None:
+    """Run (or resume) every job of the preset, time the final models, write the results.
+
+    ``workers > 1`` trains the dense model here, then runs the jobs in that many processes before timing
+    them here; ``worker`` is such a process. ``skip_speed`` stops after the jobs (timing on another machine
+    later: a rerun finds every job cached and only times).
+    """
     torch.set_num_threads(threads)
     device = resolve_device(device_name)
     started = time.perf_counter()
@@ -356,9 +427,10 @@ def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_n
     jobs = plan_jobs(preset)
     dense_dir = work / "dense" / f"{preset.model}-{digest(dense_settings(preset))}"
     done = {j.key for j in jobs if (work / preset.name / j.key / "result.json").is_file()}
-    plan = make_plan(preset, jobs, data, probe_step_seconds(preset, data, device),
-                     dense_cached=(dense_dir / "dense.json").is_file(), done=done)
-    print_plan(preset, jobs, plan)
+    plan = {} if worker else make_plan(preset, jobs, data, probe_step_seconds(preset, data, device),
+                                       dense_cached=(dense_dir / "dense.json").is_file(), done=done)
+    if not worker:
+        print_plan(preset, jobs, plan)
     if plan_only:
         return None
     dense, dense_info = dense_model(preset, data, work, device)
@@ -366,6 +438,18 @@ def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_n
     stage_data = replace(data, val_x=data.val_x[:n], val_y=data.val_y[:n])
     dense = dense.to(device).eval()
     dense_stage_acc = accuracy(dense, stage_data.val_x, stage_data.val_y, batch_size=preset.eval_batch)
+    shared = {"dense": dense, "dense_info": dense_info, "data": data, "stage_data": stage_data,
+              "dense_stage_acc": dense_stage_acc, "device": device, "device_name": device_name}
+    if worker:
+        failed = run_worker_jobs(jobs, preset, work, **shared)
+        if failed:
+            raise SystemExit(f"worker {os.getpid()}: {failed} job(s) failed (tracebacks above)")
+        return None
+    if workers > 1:
+        failed = run_workers(preset, work, worker_argv or [], workers)
+        if failed:
+            raise SystemExit(f"{failed} of {workers} workers reported failed jobs (tracebacks above); "
+                             "the jobs that finished are cached, a rerun resumes")
     machine = machine_info(device)
     header = {"preset": asdict(preset), "stem": stem, "command": command, "plan": plan, "machine": machine,
               "procedure": PROCEDURE,
@@ -373,12 +457,14 @@ def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_n
     results = []
     for i, job in enumerate(jobs, 1):
         t0 = time.perf_counter()
-        results.append(run_job(job, preset, dense=dense, dense_info=dense_info, data=data, stage_data=stage_data,
-                               dense_stage_acc=dense_stage_acc, device=device, device_name=device_name, work=work))
+        results.append(run_job(job, preset, work=work, **shared))
         spent = time.perf_counter() - started
         log(f"job {i}/{len(jobs)} in {time.perf_counter() - t0:.0f}s; {spent / 60:.1f} min so far")
         write_results({**header, "status": f"partial: {i}/{len(jobs)} jobs, speed not measured yet",
                        "runs": results}, out, stem, plot=False)
+    if skip_speed:
+        log(f"all {len(jobs)} jobs done; timing skipped (--skip-speed): rerun without it to time them")
+        return None
     log(f"timing {len(results) + 1} models interleaved ({preset.speed_rounds} rounds, {threads} threads)...")
     # Every timed model comes from its bundle, the dense one too: the same kind of object, freshly loaded
     # (once, a dense model that had served all run long timed 2x slower than its identical control).
@@ -421,6 +507,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch threads for training and timing (1 = steady "
                    "on a shared machine; recorded in the results)")
     p.add_argument("--plan", action="store_true", help="print the plan and the estimated time, run nothing")
+    p.add_argument("--workers", type=int, default=1, help="run the jobs in N processes (a many-core or GPU "
+                   "machine); the dense model is trained first, the timing runs after all of them")
+    p.add_argument("--skip-speed", action="store_true", help="stop after the jobs, time nothing (to time on "
+                   "another machine: copy the work folder there and rerun without it)")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # one of --workers' processes
     return p
 
 
@@ -439,8 +530,17 @@ def main(argv: list[str] | None = None) -> int:
         changed.append(f"methods-{len(preset.methods)}")
     stem = "--".join([preset.name, *changed])
     command = "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:])
+    if args.workers < 1:
+        log(f"error: --workers must be >= 1, got {args.workers}")
+        return 2
+    worker_argv = [sys.executable, "-m", "benchmarks.compare", "--worker", "--preset", base.name,
+                   "--work", args.work, "--out", args.out, "--device", args.device, "--threads", str(args.threads)]
+    for flag in ("methods", "targets", "blocks", "seeds"):
+        if getattr(args, flag) is not None:
+            worker_argv += [f"--{flag}", getattr(args, flag)]
     run_comparison(preset, out=Path(args.out), work=Path(args.work), stem=stem, device_name=args.device,
-                   threads=args.threads, plan_only=args.plan, command=command.strip())
+                   threads=args.threads, plan_only=args.plan, command=command.strip(), skip_speed=args.skip_speed,
+                   workers=args.workers, worker=args.worker, worker_argv=worker_argv)
     return 0
 
 

@@ -238,6 +238,19 @@ def _table(rows: list[dict], dense: dict) -> list[str]:
     return lines
 
 
+def _where(payload: dict) -> list[tuple[str, str]]:
+    """Which hardware trained the dense model and ran the jobs, when the results record it (jobs can run on a
+    GPU machine and be timed on the CPU machine named above; the compression wall times are that machine's)."""
+    places = sorted({r["compressed_on"] for r in payload["runs"] if r.get("compressed_on")})
+    out = []
+    if payload["dense"].get("trained_on"):
+        out.append(("dense model trained on", payload["dense"]["trained_on"]))
+    if places:
+        out.append(("compression, recovery and accuracy measured on", "; ".join(places)
+                     + " (compression wall times are that machine's)"))
+    return out
+
+
 def render_markdown(payload: dict, image: str | None) -> str:
     p, m, dense = payload["preset"], payload["machine"], payload["dense"]
     rows = aggregate(payload["runs"])
@@ -288,6 +301,7 @@ def render_markdown(payload: dict, image: str | None) -> str:
               f"- CPU: {m['cpu']} ({m['cores']} cores), torch {m['torch']} with {m['torch_threads']} thread(s), "
               f"torch-pruning {m['torch_pruning']}, Python {m['python']}; training on `{m['device']}`"
               + (f" ({m['gpu']})" if m.get("gpu") else ""),
+              *[f"- {what}: {where}" for what, where in _where(payload)],
               f"- date {m['date']}, git commit `{m['git_commit']}`" + (" (idap/ or benchmarks/ modified)"
                                                                       if m.get("git_dirty") else ""),
               f"- load average at start {m['load_average']}" + (f", around the timing {m['load_average_during_timing']}"
