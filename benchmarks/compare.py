@@ -108,7 +108,7 @@ def base_recipe(preset: Preset, seed: int, device: str) -> Recipe:
         "layer": {"target_share": preset.target_share, "epsilon": 100.0, "max_removals": preset.max_blocks},
         "recovery": {"step_budget": preset.step_budget, "final_budget": preset.total_budget,
                      "batch_size": preset.batch_size},
-    })  # fmt: skip
+    }).with_overrides(list(preset.recipe_overrides))  # fmt: skip
 
 
 def digest(obj) -> str:
@@ -500,6 +500,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--targets", help="comma list of MACs reduction factors, e.g. 2,3,4")
     p.add_argument("--blocks", help="comma list of block counts for the depth comparison, e.g. 2,4")
     p.add_argument("--seeds", help="comma list of recipe seeds, e.g. 0,1")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe setting "
+                   "for every method, e.g. recovery.final_reserve=0.5 (repeatable; names the results)")
     p.add_argument("--out", default=str(ROOT / "benchmarks" / "results"), help="where <name>.{json,md,png} go")
     p.add_argument("--work", default=str(ROOT / "benchmarks" / "work"), help="cache of dense model and runs")
     p.add_argument("--device", default="cpu", choices=("auto", "cpu", "cuda"), help="where training runs "
@@ -521,6 +523,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         preset = base.select(methods=parse_list(args.methods, str), targets=parse_list(args.targets, float),
                              seeds=parse_list(args.seeds, int), block_counts=parse_list(args.blocks, int))
+        if args.set:
+            preset = replace(preset, recipe_overrides=(*preset.recipe_overrides, *args.set))
+            base_recipe(preset, 0, "cpu")  # a bad key or value fails here, naming it
     except ValueError as exc:
         log(f"error: {exc}")
         return 2
@@ -528,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
                for k in ("targets", "block_counts", "seeds") if getattr(preset, k) != getattr(base, k)]
     if preset.methods != base.methods:
         changed.append(f"methods-{len(preset.methods)}")
+    changed += [o.replace("=", "-") for o in args.set]
     stem = "--".join([preset.name, *changed])
     command = "python -m benchmarks.compare " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.workers < 1:
@@ -538,6 +544,8 @@ def main(argv: list[str] | None = None) -> int:
     for flag in ("methods", "targets", "blocks", "seeds"):
         if getattr(args, flag) is not None:
             worker_argv += [f"--{flag}", getattr(args, flag)]
+    for override in args.set:
+        worker_argv += ["--set", override]
     run_comparison(preset, out=Path(args.out), work=Path(args.work), stem=stem, device_name=args.device,
                    threads=args.threads, plan_only=args.plan, command=command.strip(), skip_speed=args.skip_speed,
                    workers=args.workers, worker=args.worker, worker_argv=worker_argv)

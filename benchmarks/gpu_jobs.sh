@@ -7,7 +7,8 @@
 #
 # Jobs run in worker processes that share the GPU (`--workers`); both presets run at once. After DEADLINE_S
 # every job still running is killed (finished jobs are cached; a rerun resumes). The packed work folder is
-# split into 15 MiB parts: the first PARTS_NOW go to OUT_DIR, the rest stay in benchmarks/work/parts.
+# split into 15 MiB parts: the first PARTS_NOW go to OUT_DIR, the rest stay in benchmarks/work/parts (fetch
+# them with further calls; `cat parts... | tar xf -` extracts whatever whole files the parts hold).
 # Needs: torch with CUDA, torch-pruning (CARRY/whl/*.whl is installed into /tmp/site when present) and the
 # Fashion-MNIST IDX files (CARRY/fashion, or the Debian package).
 set -uo pipefail
@@ -24,6 +25,7 @@ fi
 [ -d "$carry/fashion" ] && export IDAP_DATA_ROOT=$carry/fashion
 python3 -c "import os, torch, torch_pruning; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name(0), 'cores', os.cpu_count())" || exit 1
 mkdir -p "$out" "$work"
+touch "$work/.started"
 started=$(date +%s)
 # One line per preset: "PRESET WORKERS [more benchmarks.compare arguments]"; all run at once.
 runs=${RUNS:-"fashion-resnet20 6
@@ -43,9 +45,12 @@ while read -r preset _; do
   dirs+=("$work/$preset")
 done <<<"$runs"
 grep -h "FAILED\|Error\|error:" "$out"/*.log | head -20
-# Results first, so that a truncated set of parts still extracts every result.json.
+# Results first, so that a truncated set of parts still extracts every result.json; then the bundles, the
+# big near-dense ones of the depth comparison last; a dense model that came with the call is not sent back.
 find "$work/dense" "${dirs[@]}" -name '*.json' >"$work/files.txt"
-find "$work/dense" "${dirs[@]}" -type f ! -name '*.json' ! -name .claim >>"$work/files.txt"
+find "$work/dense" -type f ! -name '*.json' -newer "$work/.started" >>"$work/files.txt"
+find "${dirs[@]}" -type f ! -name '*.json' ! -name .claim ! -path '*/depth-*' >>"$work/files.txt"
+find "${dirs[@]}" -type f ! -name '*.json' ! -name .claim -path '*/depth-*' >>"$work/files.txt"
 rm -rf "$work/parts" && mkdir -p "$work/parts"
 tar cf - -T "$work/files.txt" | split -b 15M -d - "$work/parts/work.tar.part"
 ls -la "$work/parts"

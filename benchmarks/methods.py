@@ -52,9 +52,12 @@ class Method:
         return base.with_overrides(dict(self.overrides)) if self.overrides else base
 
 
-def _width(criterion: str) -> Method:
-    return Method(f"tp-{criterion}", f"Torch-Pruning {criterion}", "torch-pruning", "macs",
-                  {"filter.importance": criterion, "layer.enabled": False})
+def _width(criterion: str, ranking: str = "score") -> Method:
+    # Torch-Pruning's criteria ranked as Torch-Pruning ranks them (raw scores, globally); the per-MAC ranking
+    # IDAP++ uses is also run for the two best of them, so the gain of the ranking is not credited to the score.
+    suffix, label = ("", "") if ranking == "score" else ("-per-mac", ", ranked per MAC")
+    return Method(f"tp-{criterion}{suffix}", f"Torch-Pruning {criterion}{label}", "torch-pruning", "macs",
+                  {"filter.importance": criterion, "filter.ranking": ranking, "layer.enabled": False})
 
 
 def _depth(score: str, label: str) -> Method:
@@ -65,13 +68,16 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("idap++", "IDAP++ (filters + blocks)", "idap", "macs", {}),
     Method("idap++-stage1", "IDAP++ stage 1 only", "idap", "macs", {"layer.enabled": False}),
     *(_width(c) for c in TORCH_PRUNING),
+    *(_width(c, "score_per_mac") for c in ("l1", "taylor")),
     _depth("divergence", "blocks: IDAP++ flow divergence"),
     _depth("block_influence", "blocks: ShortGPT block influence"),
     _depth("random", "blocks: random"),
     Method("idap++-pre", "IDAP++, score_point=pre (parity)", "ablation", "macs", {"filter.score_point": "pre"},
            ablates=("filter.score_point", "post", "pre")),
-    Method("idap++-dense-teacher", "IDAP++, recovery.teacher=dense", "ablation", "macs",
-           {"recovery.teacher": "dense"}, ablates=("recovery.teacher", "previous", "dense")),
+    Method("idap++-previous-teacher", "IDAP++, recovery.teacher=previous (parity)", "ablation", "macs",
+           {"recovery.teacher": "previous"}, ablates=("recovery.teacher", "dense", "previous")),
+    Method("idap++-score-ranking", "IDAP++, filter.ranking=score (spec)", "ablation", "macs",
+           {"filter.ranking": "score"}, ablates=("filter.ranking", "score_per_mac", "score")),
     Method("dense-control", "dense + same extra steps (plain CE)", "control", "control", {}),
 )}  # fmt: skip
 

@@ -52,6 +52,7 @@ class Preset:
     eval_batch: int = 512
     speed_rounds: int = 5
     speed_repeats: int = 30
+    recipe_overrides: tuple[str, ...] = ()  # "key=value" applied to every method's recipe (idap.config names)
     extra: dict = field(default_factory=dict)  # free-form facts for the report
 
     def __post_init__(self):

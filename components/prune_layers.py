@@ -41,6 +41,7 @@ def prune_layers(
         dense_model = load_bundle(dense.path)
         ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t),
                                 dense_val_acc=_artifacts.dense_val_acc(steps))
+        ctx.recovery_used = ctx.recovery_spent(steps)  # stage 1 ran in another step
         current, records = layer_stage(load_bundle(in_model.path), ctx, dense_model)
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
         _artifacts.save_trajectory(trajectory.path, steps + records)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from idap.importance import FlowImportance, Importance, ScoringContext, create_importance
+from idap.metrics import layer_macs
 from idap.recovery import recover
 from idap.schedule import channels_to_remove, prune_fraction
 from idap.steps import SEED_FILTER, RunContext, StepRecord
@@ -33,6 +34,7 @@ def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, o
     """Channels to remove this step, in rank order: a list of (group root name, channel index)."""
     cfg = ctx.recipe.filter
     groups = channel_groups(model, dependency_graph(model, ctx.input_shape))
+    per_layer = layer_macs(model, ctx.input_shape) if cfg.ranking == "score_per_mac" else None
     scores, owners, caps, prunable = [], [], {}, 0
     for g in groups:
         original.setdefault(g.name, g.channels)
@@ -44,6 +46,8 @@ def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, o
             continue
         caps[g.name] = removable
         prunable += g.channels
+        if per_layer is not None:  # importance per MAC saved; a group that saves nothing goes last
+            s = s.float() / max(g.macs_per_channel(per_layer), 1e-12)
         scores.append(s.float())
         owners.extend((g.name, c) for c in range(g.channels))
     if not scores:
@@ -172,7 +176,8 @@ def run_filter_stage(
         removed = _apply(model, ctx, channel_picks, head_picks)
         model.zero_grad(set_to_none=True)
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
+        given = ctx.take_recovery()
+        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=given, config=r.recovery,
                 seed=r.seed + seed_offset + t, device=ctx.device, schedule=r.recovery.schedule,
                 progress=ctx.progress, desc=f"filter step {t} recovery")
         acc = ctx.evaluate(model)
@@ -180,7 +185,7 @@ def run_filter_stage(
         rolled_back = drop > r.stage_budget
         records.append(ctx.record(
             model, "filter", t, "rollback" if rolled_back else "prune", val_acc=acc, started=started,
-            accepted=not rolled_back, removed=removed, recovery_steps=r.recovery.step_budget,
+            accepted=not rolled_back, removed=removed, recovery_steps=given,
             note=f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back" if rolled_back else ""))
         if rolled_back:
             model = snapshot

@@ -72,11 +72,17 @@ def run_layer_stage(
         removed = {"block": name, "score": score}
         if not cfg.exact_removals and target is not None and ctx.macs_reduction(model) > target * (1 + LANDING_TOLERANCE):
             model = snapshot
+            if cfg.overshoot == "stop":
+                records.append(ctx.record(model, "layer", i, "stop", val_acc=last_acc, started=started,
+                                          accepted=False, removed=removed,
+                                          note=f"{name} would overshoot the {target:g}x target: filters top up"))
+                break
             records.append(ctx.record(model, "layer", i, "skip_block", val_acc=last_acc, started=started,
                                       accepted=False, removed=removed, note=f"would overshoot the {target:g}x target"))
             continue
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=r.recovery.step_budget, config=r.recovery,
+        given = ctx.take_recovery()
+        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=given, config=r.recovery,
                 seed=r.seed + SEED_LAYER + i, device=ctx.device, schedule=r.recovery.schedule,
                 progress=ctx.progress, desc=f"block {name} recovery")
         acc = ctx.evaluate(model)
@@ -85,11 +91,11 @@ def run_layer_stage(
             accepted += 1
             last_acc = acc
             records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed,
-                                      recovery_steps=r.recovery.step_budget))
+                                      recovery_steps=given))
         else:
             records.append(ctx.record(
                 model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False, removed=removed,
-                recovery_steps=r.recovery.step_budget,
+                recovery_steps=given,
                 note=f"essential: drop {stage_drop:.2f} pp since stage start (ε={cfg.epsilon}), "
                      f"{total_drop:.2f} pp total (budget {r.stage_budget})"))
             model = snapshot

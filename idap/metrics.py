@@ -217,6 +217,28 @@ def _eval_mode(model: nn.Module) -> Iterator[None]:
             module.training = flag
 
 
+def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, int]:
+    """MACs of each convolution and linear layer for one sample (one forward pass with hooks)."""
+    macs: dict[nn.Module, int] = {}
+
+    def hook(module, _inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            per_out = (module.in_channels // module.groups) * kh * kw
+        else:
+            per_out = module.in_features
+        macs[module] = macs.get(module, 0) + output.numel() * per_out
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with _eval_mode(model), torch.no_grad():
+            model(torch.zeros(_single_sample_shape(input_shape), device=_model_device(model)))
+    finally:
+        for h in handles:
+            h.remove()
+    return macs
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device

@@ -60,6 +60,7 @@ class RunContext:
     dense_macs: int
     on_step: OnStep | None = None
     progress: bool = False
+    recovery_used: int = 0  # per-step recovery steps given so far in this run (all stages)
 
     @classmethod
     def create(cls, dense: nn.Module, data: DataSplits, recipe: Recipe, *, on_step: OnStep | None = None,
@@ -91,6 +92,17 @@ class RunContext:
 
     def recovery_spent(self, records: list[StepRecord]) -> int:
         return sum(r.recovery_steps for r in records)
+
+    def take_recovery(self) -> int:
+        """Optimizer steps for the next per-step recovery: ``step_budget``, unless ``total_budget`` with a
+        ``final_reserve`` leaves less for the stages (then what is left of their share, down to 0)."""
+        rc = self.recipe.recovery
+        steps = rc.step_budget
+        if rc.total_budget is not None and rc.final_reserve > 0:
+            allowance = int(rc.total_budget * (1 - rc.final_reserve)) - self.recovery_used
+            steps = max(0, min(steps, allowance))
+        self.recovery_used += steps
+        return steps
 
     def target_reached(self, model: nn.Module, macs_target: float | None = None) -> bool:
         """True once the model is at least as small as every configured target."""

@@ -82,6 +82,26 @@ class ChannelGroup:
                 yield item.dep.target.module, list(item.idxs), list(item.root_idxs)
 
 
+    def macs_per_channel(self, layer_macs: dict[nn.Module, int]) -> float:
+        """MACs saved per root channel removed: every conv/linear the group cuts, on its input or output side."""
+        dg = self.group._DG
+        seen, total = set(), 0.0
+        for item in self.group:
+            module = item.dep.target.module
+            out_side = dg.is_out_channel_pruning_fn(item.dep.handler)
+            if module not in layer_macs or (module, out_side) in seen:
+                continue
+            if not out_side and not dg.is_in_channel_pruning_fn(item.dep.handler):
+                continue
+            seen.add((module, out_side))
+            if isinstance(module, nn.Conv2d):
+                size = module.out_channels if out_side else module.in_channels
+            else:
+                size = module.out_features if out_side else module.in_features
+            total += layer_macs[module] * len(item.idxs) / max(1, size)
+        return total / max(1, self.channels)
+
+
 def channel_groups(model: nn.Module, graph: tp.DependencyGraph) -> list[ChannelGroup]:
     """Every prunable group of ``model`` (classifier and model-specific exclusions left out)."""
     names = {m: n for n, m in model.named_modules()}

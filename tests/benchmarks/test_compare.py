@@ -65,7 +65,7 @@ def test_goal_verdicts_follow_the_numbers():
 def test_ablation_winner_needs_a_margin_beyond_the_seed_spread():
     runs = [_run("idap++", 90.0, val=90.0), _run("idap++", 90.0, seed=1, val=90.2),
             _run("idap++-pre", 92.0, val=92.0), _run("idap++-pre", 92.0, seed=1, val=92.1),
-            _run("idap++-dense-teacher", 90.1, val=90.1), _run("idap++-dense-teacher", 90.1, seed=1, val=90.3)]
+            _run("idap++-previous-teacher", 90.1, val=90.1), _run("idap++-previous-teacher", 90.1, seed=1, val=90.3)]
     by_choice = {a["choice"]: a for a in ablations(aggregate(runs))}
     assert by_choice["filter.score_point"]["winner"] == "pre"
     assert "make filter.score_point=pre the default" in by_choice["filter.score_point"]["advice"]

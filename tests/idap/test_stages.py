@@ -149,6 +149,40 @@ def test_total_budget_is_spent_exactly(digits, trained_resnet20):
         s.recovery_steps for s in result.steps[:-1])
 
 
+def test_final_reserve_keeps_a_share_of_the_total_budget_for_the_final_finetune(digits, trained_resnet20):
+    r = recipe(max_accuracy_drop=100.0, filter={"steps": 4, "p0": 0.2}, layer={"enabled": False},
+               recovery={"step_budget": 6, "total_budget": 20, "final_reserve": 0.6})
+    result = compress(trained_resnet20, digits, r)
+    stage = [s.recovery_steps for s in result.steps if s.stage == "filter"]
+    assert sum(stage) == 8  # 20 * (1 - 0.6): 6, then the 2 left, then nothing
+    assert stage[:2] == [6, 2] and all(n == 0 for n in stage[2:])
+    assert result.steps[-1].stage == "finetune" and result.steps[-1].recovery_steps == 12
+
+
+def test_overshoot_stop_ends_stage2_and_lets_filters_top_up(digits, trained_resnet20):
+    # 1.45x: two blocks land short of it, a third would pass it by more than the landing tolerance
+    r = recipe(max_accuracy_drop=100.0, target_macs_reduction=1.45, filter={"p0": 0.3, "steps": 4},
+               layer={"target_share": 0.9, "epsilon": 100.0, "max_removals": 7, "overshoot": "stop"})
+    result = compress(trained_resnet20, digits, r)
+    layer = [s for s in result.steps if s.stage == "layer"]
+    assert not any(s.action == "skip_block" for s in layer)
+    assert layer[-1].action == "stop" and "overshoot" in layer[-1].note
+    assert any("top-up" in s.note for s in result.steps if s.stage == "filter")
+    assert count_macs(trained_resnet20, (1, 8, 8)) / count_macs(result.model, (1, 8, 8)) >= 1.45
+
+
+def test_score_per_mac_ranking_reaches_a_macs_target_with_fewer_channels(digits, trained_resnet20):
+    def removed(ranking):
+        r = recipe(max_accuracy_drop=100.0, target_macs_reduction=2.0, layer={"enabled": False},
+                   filter={"steps": 6, "p0": 0.3, "ranking": ranking}, recovery={"step_budget": 0})
+        ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, r, dense_val_acc=100.0)
+        model, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
+        assert ctx.macs_reduction(model) >= 2.0
+        return sum(sum(s.removed.get("channels", {}).values()) for s in steps)
+
+    assert removed("score_per_mac") < removed("score")
+
+
 def test_stage_slack_lets_stages_spend_beyond_the_budget(digits, trained_resnet20):
     strict = recipe(max_accuracy_drop=0.0, filter={"p0": 0.9, "steps": 1}, recovery={"step_budget": 0})
     loose = recipe(max_accuracy_drop=0.0, stage_slack=100.0, filter={"p0": 0.9, "steps": 1}, recovery={"step_budget": 0})

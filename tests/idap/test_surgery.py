@@ -75,3 +75,16 @@ def test_heads_and_blocks():
 @pytest.mark.parametrize("original, expected", [(16, 8), (64, 8), (100, 10), (4, 4), (1, 1)])
 def test_channel_floor(original, expected):
     assert channel_floor(original, 8, 0.1) == expected
+
+
+def test_macs_per_channel_counts_both_sides_of_a_cut():
+    from idap.metrics import layer_macs
+
+    model = create_model("resnet20", 10, 1, 28)
+    per_layer = layer_macs(model, (1, 28, 28))
+    assert sum(per_layer.values()) == count_macs(model, (1, 28, 28))
+    groups = {g.name: g for g in channel_groups(model, dependency_graph(model, (1, 28, 28)))}
+    # layer1.0.conv1: 16->16 3x3 at 28x28 loses an output channel, layer1.0.conv2 the matching input channel
+    assert groups["layer1.0.conv1"].macs_per_channel(per_layer) == 2 * 28 * 28 * 16 * 9
+    # one channel of the residual stream of stage 1 costs more than any single conv's channel
+    assert groups["conv1"].macs_per_channel(per_layer) > groups["layer1.0.conv1"].macs_per_channel(per_layer)
