@@ -162,6 +162,32 @@ def losses(rows: list[dict]) -> list[str]:
     return out
 
 
+def pareto(rows: list[dict]) -> list[str]:
+    """Accuracy against measured batch-1 speed-up, the trade users buy: for each IDAP++ point, the Torch-Pruning
+    points it dominates (at least as fast and as accurate, better in one) and those that dominate it."""
+    out = []
+    peers = [r for r in rows if r["family"] == "torch-pruning" and r["speedup_b1"]["mean"] is not None]
+    for ours in (r for r in rows if r["method"] == IDAP and r["speedup_b1"]["mean"] is not None):
+        s, a = ours["speedup_b1"]["mean"], _acc(ours)
+
+        def name(r):
+            return f"{r['label']} {r['point']} ({_acc(r):.2f}%, {r['speedup_b1']['mean']:.2f}x)"
+
+        beats = [name(r) for r in peers if s >= r["speedup_b1"]["mean"] and a >= _acc(r)
+                 and (s > r["speedup_b1"]["mean"] or a > _acc(r))]
+        beaten = [name(r) for r in peers if r["speedup_b1"]["mean"] >= s and _acc(r) >= a
+                  and (r["speedup_b1"]["mean"] > s or _acc(r) > a)]
+        faster = [r for r in peers if r["speedup_b1"]["mean"] > s]
+        line = f"IDAP++ {ours['point']} ({a:.2f}%, {s:.2f}x): "
+        line += (f"dominated by {'; '.join(beaten)}" if beaten else "no Torch-Pruning point is both as fast and as "
+                 "accurate")
+        line += f"; it dominates {len(beats)} of {len(peers)} Torch-Pruning points"
+        if not faster:
+            line += " and is faster than all of them"
+        out.append(line)
+    return out
+
+
 def ablations(rows: list[dict]) -> list[dict]:
     """Each spec choice vs its alternative flag, decided on validation accuracy (never on test)."""
     out = []
@@ -266,6 +292,10 @@ def render_markdown(payload: dict, image: str | None) -> str:
         lines += [""] + [f"> **Timing warning:** {w}" for w in timing_warnings(rows)]
         lost = losses(rows)
         lines += ["", "### Where IDAP++ loses", ""] + ([f"- {s}" for s in lost] or ["- nowhere in this run"])
+        front = pareto(rows)
+        if front:
+            lines += ["", "### Accuracy vs measured speed-up (batch 1, both better or equal = dominates)", ""]
+            lines += [f"- {s}" for s in front]
     lines += ["", "## Results", "",
               f"Test accuracy: mean ± {SPREAD} ({len(p['seeds'])} seed(s): {', '.join(map(str, p['seeds']))}). Every method: the same dense "
               f"model, schedule (p0={p['p0']}, T={p['filter_steps']}, α={p['alpha']}), {p['step_budget']} recovery "
@@ -327,26 +357,40 @@ def plot_accuracy_vs_macs(payload: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows, dense = aggregate(payload["runs"]), payload["dense"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    timed = all(r["speedup_b1"]["mean"] is not None for r in rows)
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(15 if timed else 8, 5.5), squeeze=False)
     names = list(dict.fromkeys(r["method"] for r in rows))
     colours = dict(zip(names, plt.get_cmap("tab20").colors[::2] + plt.get_cmap("tab20").colors[1::2], strict=False))
-    for name in names:
-        rs = sorted((r for r in rows if r["method"] == name), key=lambda r: -r["macs"])
-        m = METHODS[name]
-        if m.axis == "control":
-            ax.axhline(_acc(rs[0]), color="grey", ls=":", lw=1, label=f"{m.label} ({_acc(rs[0]):.2f}%)")
-            continue
-        style = {"idap": "-", "torch-pruning": "-", "depth": "--", "ablation": ":"}[m.family]
-        marker = "s" if m.family == "depth" else ("D" if m.family == "idap" else "o")
-        ax.errorbar([r["macs"] / 1e6 for r in rs], [_acc(r) for r in rs],
-                    yerr=[r["test_acc"]["std"] or 0 for r in rs], ls=style, marker=marker, capsize=3,
-                    lw=2.2 if m.family == "idap" else 1.2, color=colours[name], label=m.label)
-    ax.plot([dense["macs"] / 1e6], [dense["test_acc"]], "k*", ms=12, label="dense")
-    ax.set_xlabel("MACs per sample (millions)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(f"{payload['stem']}: test accuracy vs MACs (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    panels = [(axes[0][0], lambda r: r["macs"] / 1e6, dense["macs"] / 1e6, "MACs per sample (millions)", "MACs")]
+    if timed:
+        panels.append((axes[0][1], lambda r: r["speedup_b1"]["mean"], 1.0,
+                       "measured CPU speed-up at batch 1 (x, dense = 1)", "measured speed-up"))
+    for ax, x_of, dense_x, xlabel, what in panels:
+        for name in names:
+            rs = sorted((r for r in rows if r["method"] == name), key=lambda r: -r["macs"])
+            m = METHODS[name]
+            if m.axis == "control":
+                ax.axhline(_acc(rs[0]), color="grey", ls=":", lw=1, label=f"{m.label} ({_acc(rs[0]):.2f}%)")
+                continue
+            style = {"idap": "-", "torch-pruning": "-", "depth": "--", "ablation": ":"}[m.family]
+            marker = "s" if m.family == "depth" else ("D" if m.family == "idap" else "o")
+            ax.errorbar([x_of(r) for r in rs], [_acc(r) for r in rs],
+                        yerr=[r["test_acc"]["std"] or 0 for r in rs], ls=style, marker=marker, capsize=3,
+                        lw=2.2 if m.family == "idap" else 1.2, color=colours[name], label=m.label)
+        ax.plot([dense_x], [dense["test_acc"]], "k*", ms=12, label="dense")
+        # a collapsed run (tens of pp down) would squash every other line: cut the axis, say what is below it
+        floor = dense["test_acc"] - 8
+        below = [r for r in rows if _acc(r) < floor]
+        if below:
+            ax.set_ylim(bottom=floor - 0.5)
+            ax.text(0.99, 0.01, "below the axis: " + "; ".join(f"{r['label']} {r['point']} {_acc(r):.1f}%"
+                                                              for r in below),
+                    transform=ax.transAxes, ha="right", va="bottom", fontsize=6, color="dimgrey")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{payload['stem']}: test accuracy vs {what}", fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -372,8 +416,29 @@ def write_results(payload: dict, out: Path, stem: str, *, plot: bool = True) -> 
     if payload["status"] == "complete":
         full["goals"] = goals(rows, payload["dense"], payload["preset"]["goal_target"])
         full["losses"] = losses(rows)
+        full["pareto"] = pareto(rows)
         full["timing_warnings"] = timing_warnings(rows)
     full["budget_violations"] = budget_check(payload["runs"], payload["preset"]["total_budget"])
     _atomic(paths["json"], json.dumps(full, indent=2, default=str))
     _atomic(paths["markdown"], render_markdown(payload, image))
     return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Re-render the Markdown and the plot of a results JSON (after a change here; nothing is re-measured)."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m benchmarks.summarize", description=main.__doc__)
+    p.add_argument("results", nargs="+", type=Path, help="benchmarks/results/<stem>.json")
+    args = p.parse_args(argv)
+    for path in args.results:
+        payload = json.loads(path.read_text())
+        payload = {k: v for k, v in payload.items() if k not in ("rows", "ablations", "goals", "losses", "pareto",
+                                                                  "timing_warnings", "budget_violations")}
+        written = write_results(payload, path.parent, payload["stem"], plot=payload["status"] == "complete")
+        print(" ".join(str(v) for v in written.values()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

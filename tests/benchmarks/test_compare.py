@@ -10,7 +10,7 @@ import pytest
 from benchmarks.compare import Job, base_recipe, plan_jobs
 from benchmarks.methods import METHODS
 from benchmarks.presets import PRESETS, SMOKE
-from benchmarks.summarize import ablations, aggregate, goals
+from benchmarks.summarize import ablations, aggregate, goals, pareto
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,12 +72,53 @@ def test_ablation_winner_needs_a_margin_beyond_the_seed_spread():
     assert by_choice["recovery.teacher"]["winner"].startswith("tie")
 
 
+def test_pareto_names_who_dominates_whom_on_accuracy_and_measured_speed():
+    runs = [_run("idap++", 90.0, speedup=2.0), _run("tp-l1", 89.0, speedup=1.8),  # dominated by IDAP++
+            _run("tp-taylor", 91.0, speedup=1.5),  # more accurate, slower: neither dominates
+            _run("tp-l1", 90.5, target=4.0, speedup=2.1)]  # dominates IDAP++
+    (line,) = pareto(aggregate(runs))
+    assert "dominated by Torch-Pruning l1 4x MACs (90.50%, 2.10x)" in line
+    assert "it dominates 1 of 3 Torch-Pruning points" in line and "faster than all" not in line
+    (line,) = pareto(aggregate(runs[:3]))
+    assert "no Torch-Pruning point is both as fast and as accurate" in line and "faster than all of them" in line
+
+
+def test_method_recipes_pin_their_ranking():
+    base = base_recipe(PRESETS["fashion-resnet20"], seed=0, device="cpu")
+    assert METHODS["tp-l1"].recipe(base, target=3.0).filter.ranking == "score"
+    assert METHODS["tp-l1-per-mac"].recipe(base, target=3.0).filter.ranking == "score_per_mac"
+    assert METHODS["idap++"].recipe(base, target=3.0).filter.ranking == "score_per_mac"
+    assert METHODS["idap++-score-ranking"].recipe(base, target=3.0).filter.ranking == "score"
+    assert METHODS["idap++-previous-teacher"].recipe(base, target=3.0).recovery.teacher == "previous"
+
+
+def test_set_overrides_every_method_and_rejects_a_bad_key(tmp_path):
+    from dataclasses import replace
+
+    preset = replace(PRESETS[SMOKE], recipe_overrides=("recovery.final_reserve=0.5",))
+    assert base_recipe(preset, 0, "cpu").recovery.final_reserve == 0.5
+    bad = subprocess.run([sys.executable, "-m", "benchmarks.compare", "--smoke", "--set", "recovery.nope=1",
+                          "--work", str(tmp_path), "--out", str(tmp_path)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and "recovery.nope" in bad.stderr
+
+
 @pytest.mark.slow
 def test_smoke_comparison_end_to_end(tmp_path):
     out, work = tmp_path / "results", tmp_path / "work"
     cmd = [sys.executable, "-m", "benchmarks.compare", "--smoke", "--out", str(out), "--work", str(work)]
+    # the jobs in two worker processes, no timing (as on a GPU machine) ...
+    jobs = subprocess.run([*cmd, "--workers", "2", "--skip-speed"], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+    assert jobs.returncode == 0, jobs.stderr[-3000:]
+    assert "starting 2 worker processes" in jobs.stderr and "timing skipped" in jobs.stderr
+    assert not (out / f"{SMOKE}.png").exists() and not list(work.rglob(".claim"))
+    started = [line.split("]", 1)[1].split(":")[0].strip() for line in jobs.stderr.splitlines() if line.endswith(": start")]
+    assert sorted(started) == sorted(j.key for j in plan_jobs(PRESETS[SMOKE]))  # each job ran once, by one worker
+    # ... then only the timing, here: every job comes from the cache
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert ": start" not in first.stderr
     for suffix in ("json", "md", "png"):
         assert (out / f"{SMOKE}.{suffix}").stat().st_size > 0
     payload = json.loads((out / f"{SMOKE}.json").read_text())
@@ -101,7 +142,7 @@ def test_smoke_comparison_end_to_end(tmp_path):
         else:
             assert run["method"] == "dense-control" and run["macs"] == payload["dense"]["macs"]
     assert {g["status"] for g in payload["goals"]} <= {"met", "not met", "not determined"}
-    assert len(payload["goals"]) == 4 and len(payload["ablations"]) == 2
+    assert len(payload["goals"]) == 4 and len(payload["ablations"]) == 3
 
     markdown = (out / f"{SMOKE}.md").read_text()
     for method in METHODS.values():
