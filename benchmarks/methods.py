@@ -30,7 +30,7 @@ class Method:
     family: str  # idap | torch-pruning | depth | ablation | control
     axis: str  # macs | blocks | control
     overrides: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
-    ablates: tuple[str, Any, Any] | None = None  # (recipe field, spec default (parity), alternative)
+    ablates: tuple[str, Any, Any] | None = None  # (recipe field, our default, the alternative)
 
     def __post_init__(self):
         if self.axis not in AXES:

@@ -204,7 +204,7 @@ def ablations(rows: list[dict]) -> list[dict]:
         if spread is None or abs(diff) <= spread:
             winner = "tie (within spread)" if spread is not None else "undecided (one seed)"
             advice = (f"keep {field}={parity}: the difference is within the seed spread" if spread is not None
-                      else f"run more seeds; {'the alternative' if diff > 0 else 'the spec default'} is ahead")
+                      else f"run more seeds; {'the alternative' if diff > 0 else 'the default'} is ahead")
         else:
             winner = alt if diff > 0 else parity
             advice = f"make {field}={alt} the default" if diff > 0 else f"keep {field}={parity}"
@@ -314,8 +314,8 @@ def render_markdown(payload: dict, image: str | None) -> str:
         lines += ["", f"![test accuracy vs MACs]({image})"]
     abl = ablations(rows)
     if abl:
-        lines += ["", "## Ablations of the spec's choices (decided on validation accuracy)", "",
-                  "| choice | at | spec default | alternative | val default (%) | val alternative (%) | Δ val (pp) "
+        lines += ["", "## Ablations: each default against its alternative (decided on validation accuracy)", "",
+                  "| choice | at | default | alternative | val default (%) | val alternative (%) | Δ val (pp) "
                   "| Δ test (pp) | seed spread (pp) | winner | advice |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
         lines += [f"| `{a['choice']}` | {a['point']} | {a['spec_default']} | {a['alternative']} | "
                   f"{a['val_default']:.2f} | {a['val_alternative']:.2f} | {a['val_diff_pp']:+.2f} | "
