@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RECOVERY_STEP_COST = 0.9
 STAGE_EVALS_PER_JOB = 8  # pruning steps a job typically takes (scoring + in-stage evaluation each)
 # Bump when the way a job is run changes, so that cached results of the old procedure are not reused.
+PER_MAC = "steps remove p_t of the MACs"  # how score_per_mac sizes a step (was: p_t of the channels)
 PROCEDURE = {"version": 3, "stage2": f"idap.compress: blocks within target x {1 + LANDING_TOLERANCE}, stage 1 tops up"}
 
 
@@ -209,7 +210,8 @@ def run_job(job: Job, preset: Preset, *, dense: nn.Module, dense_info: dict, dat
     key = digest({"recipe": {k: v for k, v in recipe.to_dict().items() if k != "device"},
                   "dense": dense_info["digest"], "total_budget": preset.total_budget,
                   "stage_val_size": preset.stage_val_size, "method": job.method,
-                  **({"procedure": PROCEDURE} if recipe.layer.enabled and recipe.filter.enabled else {})})
+                  **({"procedure": PROCEDURE} if recipe.layer.enabled and recipe.filter.enabled else {}),
+                  **({"per_mac": PER_MAC} if recipe.filter.enabled and recipe.filter.ranking == "score_per_mac" else {})})
     directory = work / preset.name / job.key
     cached = read_json(directory / "result.json")
     if cached is not None and cached.get("cache_key") == key and (directory / "model").is_dir():

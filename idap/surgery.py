@@ -81,7 +81,6 @@ class ChannelGroup:
             if dg.is_out_channel_pruning_fn(item.dep.handler) and isinstance(item.dep.target.module, (nn.Conv2d, nn.Linear)):
                 yield item.dep.target.module, list(item.idxs), list(item.root_idxs)
 
-
     def macs_per_channel(self, layer_macs: dict[nn.Module, int]) -> float:
         """MACs saved per root channel removed: every conv/linear the group cuts, on its input or output side."""
         dg = self.group._DG
