@@ -35,7 +35,7 @@ def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, o
     cfg = ctx.recipe.filter
     groups = channel_groups(model, dependency_graph(model, ctx.input_shape))
     per_layer = layer_macs(model, ctx.input_shape) if cfg.ranking == "score_per_mac" else None
-    scores, owners, caps, prunable, cost = [], [], {}, 0, {}
+    scores, owners, caps, prunable = [], [], {}, 0
     for g in groups:
         original.setdefault(g.name, g.channels)
         removable = g.channels - channel_floor(original[g.name], cfg.min_channels, cfg.min_fraction)
@@ -47,26 +47,21 @@ def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, o
         caps[g.name] = removable
         prunable += g.channels
         if per_layer is not None:  # importance per MAC saved; a group that saves nothing goes last
-            cost[g.name] = g.macs_per_channel(per_layer)
-            s = s.float() / max(cost[g.name], 1e-12)
+            s = s.float() / max(g.macs_per_channel(per_layer), 1e-12)
         scores.append(s.float())
         owners.extend((g.name, c) for c in range(g.channels))
     if not scores:
         return []
-    # The step's size: p_t of the prunable channels, or — ranked per MAC, where the cheapest picks are the
-    # MAC-heavy channels — p_t of the model's MACs (else one step can take most of the MACs and collapse).
     k = channels_to_remove(t, cfg.steps, cfg.p0, cfg.alpha, prunable)
-    macs_budget = prune_fraction(t, cfg.steps, cfg.p0, cfg.alpha) * sum(per_layer.values()) if per_layer else None
     order = torch.argsort(torch.cat(scores), stable=True).tolist()
-    picks, taken, removed_macs = [], dict.fromkeys(caps, 0), 0.0
+    picks, taken = [], dict.fromkeys(caps, 0)
     for i in order:
-        if len(picks) >= k if macs_budget is None else removed_macs >= macs_budget:
+        if len(picks) >= k:
             break
         name, channel = owners[i]
         if taken[name] < caps[name]:
             taken[name] += 1
             picks.append((name, channel))
-            removed_macs += cost.get(name, 0.0)
     return picks
 
 
