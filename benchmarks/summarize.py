@@ -314,8 +314,9 @@ def render_markdown(payload: dict, image: str | None) -> str:
         lines += ["", f"![test accuracy vs MACs]({image})"]
     abl = ablations(rows)
     if abl:
-        lines += ["", "## Ablations: each default against its alternative (decided on validation accuracy)", "",
-                  "| choice | at | default | alternative | val default (%) | val alternative (%) | Δ val (pp) "
+        lines += ["", "## Ablations: IDAP++ as benchmarked against each alternative (decided on validation accuracy)", "",
+                  "The advice is for the benchmarked configuration; the library's own defaults are in idap/config.py.", "",
+                  "| choice | at | benchmarked | alternative | val benchmarked (%) | val alternative (%) | Δ val (pp) "
                   "| Δ test (pp) | seed spread (pp) | winner | advice |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
         lines += [f"| `{a['choice']}` | {a['point']} | {a['spec_default']} | {a['alternative']} | "
                   f"{a['val_default']:.2f} | {a['val_alternative']:.2f} | {a['val_diff_pp']:+.2f} | "
