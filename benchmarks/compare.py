@@ -355,7 +355,6 @@ def machine_info(device: torch.device) -> dict:
     }
 
 
-# ---- the whole comparison --------------------------------------------------------------------------
 # ---- parallel workers ----------------------------------------------------------------------------------
 CLAIM = ".claim"
 
@@ -378,9 +377,7 @@ def run_workers(preset: Preset, work: Path, worker_argv: list[str], workers: int
     For a machine with many cores or a GPU: each worker trains on the same device with its own torch
     threads. Stale claims of an interrupted run are cleared first (only one parent runs per work folder).
     """
-    for stale in (work / preset.name).glob(f"*/*/{CLAIM}"):
-        stale.unlink(missing_ok=True)
-    for stale in (work / preset.name).glob(f"*/*/*/{CLAIM}"):
+    for stale in (work / preset.name).rglob(CLAIM):
         stale.unlink(missing_ok=True)
     log(f"starting {workers} worker processes")
     procs = [subprocess.Popen(worker_argv) for _ in range(workers)]
@@ -412,6 +409,7 @@ def run_worker_jobs(jobs: list[Job], preset: Preset, work: Path, **kwargs) -> in
     return failed
 
 
+# ---- the whole comparison --------------------------------------------------------------------------
 def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_name: str, threads: int,
                    plan_only: bool = False, command: str = "", skip_speed: bool = False, workers: int = 1,
                    worker: bool = False, worker_argv: list[str] | None = None) -> dict | None:
