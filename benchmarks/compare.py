@@ -25,6 +25,7 @@ import statistics
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from importlib import metadata
@@ -392,8 +393,6 @@ def run_workers(preset: Preset, work: Path, worker_argv: list[str], workers: int
 
 def run_worker_jobs(jobs: list[Job], preset: Preset, work: Path, **kwargs) -> int:
     """A worker: run every unclaimed job, keep going past a failed one; the number of failed jobs."""
-    import traceback
-
     failed = 0
     for job in jobs:
         directory = work / preset.name / job.key

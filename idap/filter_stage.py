@@ -46,9 +46,10 @@ def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, o
             continue
         caps[g.name] = removable
         prunable += g.channels
+        s = s.float()
         if per_layer is not None:  # importance per MAC saved; a group that saves nothing goes last
-            s = s.float() / max(g.macs_per_channel(per_layer), 1e-12)
-        scores.append(s.float())
+            s = s / max(g.macs_per_channel(per_layer), 1e-12)
+        scores.append(s)
         owners.extend((g.name, c) for c in range(g.channels))
     if not scores:
         return []
