@@ -27,6 +27,11 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) ## Create .venv and install the project with its dev tools (once per pyproject.toml change)
 
 data: setup ## Fetch Fashion-MNIST (Debian package, or ./data, or a download)
+	@# The setup installs system packages, never the library: as root, Debian's dataset-fashion-mnist.
+	@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist; } \
+		|| echo "could not install dataset-fashion-mnist; idap falls back to ./data or a download"; fi
 	$(BIN)/idap data fetch fashion-mnist
 
 demo: setup data ## Run the compression pipeline locally on Fashion-MNIST

@@ -32,19 +32,18 @@ import copy
 import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from idap.atomic import staged_directory
 from idap.metrics import _eval_mode, count_macs, count_params
 from idap.metrics import _model_device as _device
-from idap.models import ModelError, create_model
+from idap.models import ModelError, check_trusted, create_model
 
 __all__ = ["BundleError", "check_onnx", "export_onnx", "load_bundle", "read_bundle_info", "save_bundle"]
 
@@ -126,9 +125,7 @@ def save_bundle(
         "macs": count_macs(cpu_model, input_shape),
     }
 
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
+    with staged_directory(directory) as staging:
         _write_json(staging / ARCHITECTURE, architecture)
         _write_json(staging / RECIPE, recipe or {})
         if metadata is not None:
@@ -138,10 +135,6 @@ def save_bundle(
         if onnx:
             export_onnx(cpu_model, staging / ONNX, input_shape=input_shape)
             check_onnx(cpu_model, staging / ONNX, input_shape=input_shape)
-        _fsync_tree(staging)
-        _swap_into_place(staging, directory)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return directory
 
 
@@ -150,17 +143,27 @@ def load_bundle(
     *,
     verify: bool = True,
     map_location: str | torch.device = "cpu",
+    trust_modules: Iterable[str] = (),
 ) -> nn.Module:
-    """Rebuild a bundled model in eval mode, without pickle.
+    """Rebuild a bundled model in eval mode, without pickle and without running code the bundle names.
+
+    A bundle built from a registered architecture loads by name. One whose architecture is a user factory
+    (``package.module:factory``) loads only when that module is trusted — ``trust_modules`` here,
+    ``idap.models.trust_modules`` or ``$IDAP_TRUSTED_MODULES`` — never because the bundle says so.
 
     Args:
         verify: run the parity probe and require ``max|diff| <= 1e-5 * max(1, max|reference|)``, i.e. an
             absolute 1e-5 for outputs of magnitude up to 1, relative beyond (float32 round-off grows with
             the logits' magnitude).
         map_location: device the returned model lives on (verification always runs on CPU first).
+        trust_modules: modules whose model factories this call may import (the caller's decision).
     """
     directory = Path(directory)
     architecture = _read_architecture(directory)
+    try:
+        check_trusted(architecture["arch"]["name"], trust_modules, where=f"{directory / ARCHITECTURE}: ")
+    except ModelError as error:
+        raise BundleError(str(error)) from None
     _require(directory / WEIGHTS)
     _require(directory / PARITY)
     _read_json(directory / RECIPE)
@@ -496,28 +499,6 @@ def _check_replaceable(directory: Path) -> None:
         raise BundleError(f"{directory}: exists and is not a directory")
     if directory.is_dir() and any(directory.iterdir()) and not (directory / ARCHITECTURE).is_file():
         raise BundleError(f"{directory}: exists and is not a bundle; refusing to replace it")
-
-
-def _swap_into_place(staging: Path, directory: Path) -> None:
-    """Rename the complete staging directory into place; an old bundle is removed only afterwards."""
-    if not directory.exists():
-        os.replace(staging, directory)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-    retired.rmdir()
-    os.replace(directory, retired)
-    try:
-        os.replace(staging, directory)
-    except OSError:
-        os.replace(retired, directory)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
-def _fsync_tree(directory: Path) -> None:
-    for path in directory.iterdir():
-        with open(path, "rb") as handle:
-            os.fsync(handle.fileno())
 
 
 # --- models, probes, parity ----------------------------------------------------------------------------

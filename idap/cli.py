@@ -21,7 +21,7 @@ from idap.compress import CompressionResult, compress
 from idap.config import ConfigError, Recipe
 from idap.data import DataError, fetch_dataset, list_datasets, load_dataset
 from idap.metrics import resolve_device
-from idap.models import ModelError, create_model, list_models
+from idap.models import TRUST_ENV, ModelError, create_model, list_models, trust_modules
 from idap.recovery import train
 from idap.report import compression_report, evaluate_model, write_report
 from idap.steps import StepRecord
@@ -241,6 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     for name, p in sub.choices.items():
         if name != "data":
             p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+            p.add_argument("--trust-module", dest="trust_modules", action="append", default=[], metavar="MODULE",
+                           help="let bundles name model factories from this module (repeatable; also "
+                                f"${TRUST_ENV}); a bundle never imports code on its own")
     parser.commands = sub  # the edge (pipelines.cli) adds its own commands and flags here
     return parser
 
@@ -250,6 +253,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
     try:
+        trust_modules(*getattr(args, "trust_modules", ()))
+        if ":" in (getattr(args, "model", None) or ""):  # a factory the user named on the command line
+            trust_modules(args.model.partition(":")[0])
         return args.func(args)
     except USER_ERRORS as exc:
         log(f"error: {type(exc).__name__}: {exc}")

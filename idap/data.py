@@ -16,8 +16,6 @@ import gzip
 import hashlib
 import json
 import os
-import shutil
-import subprocess
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -29,6 +27,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
+
+from idap.atomic import write_file
 
 __all__ = ["DataError", "DataSplits", "fetch_dataset", "list_datasets", "load_dataset", "load_splits",
            "save_splits"]
@@ -99,8 +99,8 @@ def fetch_dataset(name: str, root: str | Path | None = None) -> Path:
     """Make a builtin dataset available locally and return the directory holding its files.
 
     Fashion-MNIST IDX files (gz or raw) are looked up in ROOT/FashionMNIST/raw, ROOT and the Debian
-    package directory; failing that, the Debian package is installed (as root, with apt-get), then
-    torchvision downloads them into ROOT/FashionMNIST/raw. ROOT defaults to $IDAP_DATA_ROOT or ./data.
+    package directory (the setup installs it: ``make data`` / ``.ci/run``); failing that, torchvision
+    downloads them into ROOT/FashionMNIST/raw. A library function never installs system packages. ROOT defaults to $IDAP_DATA_ROOT or ./data.
     """
     if name == "digits":  # shipped inside scikit-learn
         import sklearn.datasets
@@ -113,13 +113,11 @@ def fetch_dataset(name: str, root: str | Path | None = None) -> Path:
     for directory in (torchvision_dir, root, FASHION_DEBIAN_DIR):
         if _has_fashion_files(directory):
             return directory
-    if _apt_install(FASHION_APT_PACKAGE) and _has_fashion_files(FASHION_DEBIAN_DIR):
-        return FASHION_DEBIAN_DIR
     if _torchvision_download(root) and _has_fashion_files(torchvision_dir):
         return torchvision_dir
     raise DataError(
-        f"Fashion-MNIST not found in {torchvision_dir}, {root} or {FASHION_DEBIAN_DIR}, and it could be neither "
-        f"installed nor downloaded. Install the Debian package (`apt-get install -y {FASHION_APT_PACKAGE}`), "
+        f"Fashion-MNIST not found in {torchvision_dir}, {root} or {FASHION_DEBIAN_DIR}, and torchvision could not download it. "
+        f"Install the Debian package (`apt-get install -y {FASHION_APT_PACKAGE}`), "
         f"or put the IDX files {', '.join(f + '[.gz]' for f in _FASHION_FILES)} in a directory and pass it "
         "as --data-root (or set IDAP_DATA_ROOT)."
     )
@@ -167,10 +165,10 @@ def save_splits(splits: DataSplits, directory: str | Path) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"{attr}_{k}": getattr(splits, f"{attr}_{k}").contiguous() for attr in _SPLITS.values()
                for k in "xy"}
-    _write_atomically(directory / _TENSORS_FILE, lambda tmp: save_file(
+    write_file(directory / _TENSORS_FILE, lambda tmp: save_file(
         tensors, str(tmp), metadata={"content_hash": splits.content_hash}))
     text = json.dumps(splits.describe(), indent=2, sort_keys=True)
-    _write_atomically(directory / _META_FILE, lambda tmp: tmp.write_text(text))
+    write_file(directory / _META_FILE, lambda tmp: tmp.write_text(text))
 
 
 def load_splits(directory: str | Path) -> DataSplits:
@@ -405,22 +403,6 @@ def _has_fashion_files(directory: Path) -> bool:
     return all((directory / b).is_file() or (directory / f"{b}.gz").is_file() for b in _FASHION_FILES)
 
 
-def _apt_install(package: str) -> bool:
-    """Install a Debian package when running as root with apt-get; run `apt-get update` if needed."""
-    if not hasattr(os, "geteuid") or os.geteuid() != 0 or shutil.which("apt-get") is None:
-        return False
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-
-    def ok(*command: str) -> bool:
-        try:
-            return subprocess.run(command, env=env, capture_output=True, check=False, timeout=900).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-
-    install = ("apt-get", "install", "-y", "--no-install-recommends", package)
-    return ok(*install) or (ok("apt-get", "update") and ok(*install))
-
-
 def _torchvision_download(root: Path) -> bool:
     try:
         from torchvision.datasets import FashionMNIST
@@ -430,16 +412,6 @@ def _torchvision_download(root: Path) -> bool:
     except Exception as exc:  # network failures share no common base class
         warnings.warn(f"torchvision could not download Fashion-MNIST into {root}: {exc}", stacklevel=3)
         return False
-
-
-def _write_atomically(target: Path, write: Callable[[Path], object]) -> None:
-    """Write through a temporary file in the same directory, then rename: no half-written file is left."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 _BUILTIN: dict[str, Callable[[str | Path | None], _Raw]] = {

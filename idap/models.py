@@ -26,7 +26,8 @@ import importlib
 import inspect
 import json
 import math
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -43,6 +44,10 @@ from idap.attention import HeadPrunableAttention
 SMALL_IMAGE = 64  # images up to this side get CIFAR-style stems (3x3 stride 1, no stem max-pool)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+# Modules whose factories a *file* (a bundle's architecture.json) may name: the user's explicit choice,
+# never the file's. IDAP_TRUSTED_MODULES (comma-separated) adds to it for every process of a run.
+TRUST_ENV = "IDAP_TRUSTED_MODULES"
+_TRUSTED: set[str] = set()
 
 
 class ModelError(ValueError):
@@ -63,6 +68,39 @@ def register_model(name: str) -> Callable:
         return factory
 
     return decorator
+
+
+def trust_modules(*modules: str) -> None:
+    """Allow bundles to name factories from these modules (or packages) for the rest of this process.
+
+    A bundle naming ``package.module:factory`` loads only when ``package.module`` (or a parent package)
+    was trusted here, through ``$IDAP_TRUSTED_MODULES`` or ``load_bundle(..., trust_modules=...)``.
+    """
+    for module in modules:
+        if not module or not all(part.isidentifier() for part in module.split(".")):
+            raise ModelError(f"a trusted module must be a dotted module name like 'mypkg.models', got {module!r}")
+        _TRUSTED.add(module)
+
+
+def trusted_modules(extra: Iterable[str] = ()) -> frozenset[str]:
+    """The modules trusted now: ``trust_modules`` calls, ``$IDAP_TRUSTED_MODULES`` and ``extra``."""
+    from_env = {m.strip() for m in os.environ.get(TRUST_ENV, "").split(",") if m.strip()}
+    return frozenset(_TRUSTED | from_env | set(extra))
+
+
+def check_trusted(name: str, extra: Iterable[str] = (), *, where: str = "") -> None:
+    """Refuse an import-path model name whose module the user did not trust (registered names always pass)."""
+    if name in _REGISTRY or ":" not in name:
+        return
+    module = name.partition(":")[0]
+    trusted = trusted_modules(extra)
+    if any(module == t or module.startswith(f"{t}.") for t in trusted):
+        return
+    raise ModelError(
+        f"{where}model {name!r} names code in module {module!r}, which is not trusted: a model file may not "
+        f"make idap import code. If you wrote or trust that module, allow it with --trust-module {module} "
+        f"or {TRUST_ENV}={module}"
+    )
 
 
 def list_models() -> list[str]:

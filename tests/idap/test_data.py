@@ -237,7 +237,6 @@ def test_malformed_idx_file_is_named(tmp_path):
 
 def test_fetch_explains_how_to_get_fashion_when_everything_fails(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(data, "_apt_install", lambda package: False)
     monkeypatch.setattr(data, "_torchvision_download", lambda root: False)
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist.*--data-root"):
         fetch_dataset("fashion-mnist", tmp_path)
