@@ -45,7 +45,8 @@ from idap.metrics import _eval_mode, count_macs, count_params
 from idap.metrics import _model_device as _device
 from idap.models import ModelError, check_trusted, create_model
 
-__all__ = ["BundleError", "check_onnx", "export_onnx", "load_bundle", "read_bundle_info", "save_bundle"]
+__all__ = ["BundleError", "check_onnx", "export_onnx", "load_bundle", "read_bundle_info", "read_input_spec",
+           "save_bundle"]
 
 FORMAT = "idap-bundle"
 FORMAT_VERSION = 1
@@ -77,6 +78,7 @@ def save_bundle(
     recipe: dict | None = None,
     metadata: dict | None = None,
     onnx: bool = False,
+    input_spec: dict | None = None,
 ) -> Path:
     """Write ``model`` as a bundle, atomically: a good bundle already there is replaced only by a complete one.
 
@@ -86,6 +88,9 @@ def save_bundle(
         recipe: the settings that produced the model (default ``{}``).
         metadata: optional JSON-able metrics / lineage, written to ``metadata.json``.
         onnx: also export ``model.onnx`` and check it against PyTorch with onnxruntime.
+        input_spec: what the model expects of its input beyond the shape, recorded as architecture.json's
+            ``input`` (``{"mean", "std", "scale"}``: ``x = (pixels * scale - mean) / std``); see
+            ``read_input_spec``.
 
     Returns:
         The bundle directory.
@@ -124,6 +129,8 @@ def save_bundle(
         "params": count_params(cpu_model),
         "macs": count_macs(cpu_model, input_shape),
     }
+    if input_spec is not None:
+        architecture["input"] = _checked_input_spec(input_spec, input_shape, directory)
 
     with staged_directory(directory) as staging:
         _write_json(staging / ARCHITECTURE, architecture)
@@ -567,3 +574,38 @@ def _input_shape(input_shape: Sequence[int], where: Path) -> tuple[int, ...]:
     if not shape or any(d < 1 for d in shape):
         raise BundleError(f"{where}: input_shape must be one sample's positive shape (C, H, W), got {shape}")
     return shape
+
+
+# --- what the model expects of its input --------------------------------------------------------------------
+
+
+def read_input_spec(directory: str | os.PathLike) -> dict:
+    """The input a bundled model expects: ``{"shape", "mean", "std", "scale"}``.
+
+    ``mean`` / ``std`` are per channel in the units of ``pixels * scale`` (``scale`` 1/255 for ImageNet-style
+    statistics of pixels in [0, 1]); both are ``None`` when the bundle does not record them (models trained by
+    ``idap train`` normalise with their dataset's own statistics, recorded with the dataset).
+    """
+    architecture = _read_architecture(Path(directory))
+    spec = architecture.get("input") or {}
+    return {"shape": list(architecture["input_shape"]), "mean": spec.get("mean"), "std": spec.get("std"),
+            "scale": spec.get("scale")}
+
+
+def _checked_input_spec(spec: dict, input_shape: tuple[int, ...], where: Path) -> dict:
+    unknown = set(spec) - {"mean", "std", "scale"}
+    if unknown:
+        raise BundleError(f"{where}: input_spec has unknown fields {sorted(unknown)}; valid: mean, std, scale")
+    out: dict = {}
+    for key in ("mean", "std"):
+        value = spec.get(key)
+        if value is None:
+            continue
+        values = [float(v) for v in value]
+        if len(values) != input_shape[0] or (key == "std" and min(values) <= 0):
+            raise BundleError(f"{where}: input_spec {key} must have {input_shape[0]} values (one per channel)"
+                              f"{', all > 0' if key == 'std' else ''}, got {value!r}")
+        out[key] = values
+    if spec.get("scale") is not None:
+        out["scale"] = float(spec["scale"])
+    return out

@@ -238,6 +238,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
     p.add_argument("--no-latency", action="store_true")
     p.set_defaults(func=cmd_evaluate)
+
+    from idap.importing import add_import_arguments  # its command lives beside the import code
+
+    p = sub.add_parser("import", help="turn trained weights (or a bundle) into a checked bundle")
+    add_import_arguments(p)
     for name, p in sub.choices.items():
         if name != "data":
             p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -171,6 +171,8 @@ def create_model(
 def _resolve(name: str) -> Callable[..., nn.Module]:
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_classifier(name)
     if ":" not in name:
         raise ModelError(
             f"unknown model {name!r}; registered models: {', '.join(list_models())}; "
@@ -531,3 +533,28 @@ def vit_small(
     for layer in model.encoder.layers:
         layer.self_attention = HeadPrunableAttention.from_multihead(layer.self_attention)
     return model
+
+
+# --- torchvision classification models by name (``idap import``) ------------------------------------------
+
+TORCHVISION_PREFIX = "torchvision.models."
+
+
+def _torchvision_classifier(name: str) -> Callable[..., nn.Module]:
+    """A factory for ``torchvision.models.<builder>``: torchvision's own architecture, unmodified, random init.
+
+    Library code, not a file's: such names need no trust. Only classification builders are accepted.
+    """
+    builder_name = name[len(TORCHVISION_PREFIX):]
+    available = tvm.list_models(module=tvm)
+    if builder_name not in available:
+        raise ModelError(f"unknown torchvision classification model {name!r}; valid: "
+                         f"{', '.join(TORCHVISION_PREFIX + n for n in available)}")
+    builder = tvm.get_model_builder(builder_name)
+
+    def factory(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
+        if in_channels != 3:
+            raise ModelError(f"{name} takes 3-channel (RGB) images, got in_channels={in_channels}")
+        return builder(weights=None, num_classes=num_classes, **kwargs)
+
+    return factory

@@ -1,0 +1,404 @@
+"""Bring your own model: turn trained weights (or another bundle) into a bundle every later step takes.
+
+Sources:
+
+* an architecture and a weights file: a registered name (``idap.models.list_models()``), any torchvision
+  classification model by name (``torchvision.models.resnet50``) or a user factory
+  ``package.module:factory`` (called as ``factory(num_classes=, in_channels=, image_size=, **options)``);
+  weights as safetensors, or a PyTorch *state dict* read with ``torch.load(..., weights_only=True)``. A
+  pickled full model is refused before any of its code can run, with the two lines that save a state dict.
+* a bundle directory (for example one downloaded from the MLflow registry or S3 by the edge,
+  ``pipelines.cli``): loaded with its parity check and written again.
+
+Keys are matched strictly: a file that does not fit names every missing, unexpected and mis-shaped key.
+``num_classes`` replaces the classifier (the last ``nn.Linear``) by a freshly initialised one; everything
+else keeps the source's weights. The bundle records the input shape and the normalisation the model
+expects (``idap.bundle.read_input_spec``; ImageNet statistics unless told otherwise), and at import the
+bundle, loaded back from disk, must reproduce the source model's outputs (its logits, or the classifier's
+input when the head was replaced) — ``ImportReport.parity_max_abs_diff`` is 0.0 on CPU.
+
+A user factory runs because the user named it (``--model pkg.mod:f`` trusts ``pkg.mod`` for this call);
+the bundle names it, so every later load needs the same trust (``--trust-module pkg.mod``).
+
+Example:
+    >>> import tempfile, torch, torchvision                                             # doctest: +SKIP
+    >>> net = torchvision.models.resnet18(num_classes=10)                              # doctest: +SKIP
+    >>> torch.save(net.state_dict(), "r18.pt")                                         # doctest: +SKIP
+    >>> report = import_model("torchvision.models.resnet18", "r18.pt", "out/r18", image_size=32)  # doctest: +SKIP
+    >>> report.parity_max_abs_diff                                                      # doctest: +SKIP
+    0.0
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+from idap.bundle import load_bundle, read_bundle_info, save_bundle
+from idap.metrics import count_macs, count_params
+from idap.models import classifier, create_model
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImportReport", "ModelImportError", "add_import_arguments",
+           "cmd_import", "import_bundle", "import_model", "read_state_dict"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # of RGB pixels scaled to [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PARITY_SEED = 1234
+PARITY_BATCH = 4
+# Same weights, same ops, same machine: the outputs agree to the bit; the tolerance only absorbs
+# kernel selection differing between two model instances.
+PARITY_RTOL = 1e-6
+_SAFETENSORS_SUFFIXES = (".safetensors", ".sft")
+_LISTED = 12  # keys named per kind in a mismatch message
+
+STATE_DICT_HOWTO = (
+    "save the weights as a state dict instead: torch.save(model.state_dict(), 'weights.pt'), or "
+    "safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')"
+)
+
+
+class ModelImportError(ValueError):
+    """Weights or a source model cannot be imported; the message names the file and what would work."""
+
+
+@dataclass
+class ImportReport:
+    """What ``import_model`` / ``import_bundle`` wrote and checked."""
+
+    path: str
+    architecture: str
+    source: str
+    source_num_classes: int
+    num_classes: int
+    head_replaced: bool
+    input_shape: list[int]
+    mean: list[float] | None
+    std: list[float] | None
+    scale: float | None
+    params: int
+    macs: int
+    parity_max_abs_diff: float
+    parity_compared: str  # "logits" or "features" (the classifier's input, when the head was replaced)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+# --- weights files ----------------------------------------------------------------------------------------
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """Tensors of a weights file: safetensors, or a state dict saved with ``torch.save`` (``weights_only=True``).
+
+    A checkpoint dict holding the state dict under ``state_dict`` or ``model`` is unwrapped. Anything that
+    needs unpickling code (a whole ``nn.Module``, custom classes) is refused without running it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelImportError(f"{path}: weights file not found")
+    if path.suffix.lower() in _SAFETENSORS_SUFFIXES:
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelImportError(f"{path}: not a readable safetensors file: {error}") from error
+    try:
+        # weights_only=True: the unpickler admits tensors and plain containers only, and refuses any
+        # global (class or function) before calling it, so a hostile file cannot execute code here.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ModelImportError(
+            f"{path}: holds Python objects other than tensors (for example a whole pickled model, "
+            f"torch.save(model)); idap never unpickles code. In the environment that has the model's code, "
+            f"{STATE_DICT_HOWTO}. ({_refused_global(error)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError) as error:
+        raise ModelImportError(f"{path}: not a PyTorch state dict or safetensors file: {error}") from error
+    return _as_state_dict(loaded, path)
+
+
+def _as_state_dict(loaded: object, path: Path) -> dict[str, Tensor]:
+    if isinstance(loaded, Mapping) and not _all_tensors(loaded):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(loaded.get(key), Mapping) and _all_tensors(loaded[key]):
+                loaded = loaded[key]
+                break
+    if not isinstance(loaded, Mapping) or not loaded or not _all_tensors(loaded):
+        kind = type(loaded).__name__
+        raise ModelImportError(f"{path}: expected a state dict (a mapping of names to tensors), got a {kind}; "
+                               f"{STATE_DICT_HOWTO}")
+    state = {str(k): v for k, v in loaded.items()}
+    if all(k.startswith("module.") for k in state):  # saved from DataParallel / DistributedDataParallel
+        state = {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def _refused_global(error: Exception) -> str:
+    """The line of torch's refusal that names what the file wanted to import (not its advice to unsafe-load)."""
+    lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else "refused by torch.load(weights_only=True)"
+
+
+def _all_tensors(mapping: Mapping) -> bool:
+    return all(isinstance(v, Tensor) for v in mapping.values())
+
+
+def load_strict(model: nn.Module, state: Mapping[str, Tensor], *, where: str, skip: Iterable[str] = ()) -> None:
+    """``load_state_dict(strict=True)`` with one message listing missing, unexpected and mis-shaped keys.
+
+    Args:
+        skip: keys the model must have but ``state`` must not supply (a replaced head).
+    """
+    skip = set(skip)
+    own = model.state_dict()
+    expected = set(own) - skip
+    given = {k: v for k, v in state.items() if k not in skip}
+    missing = sorted(expected - set(given))
+    unexpected = sorted(set(given) - expected)
+    shapes = sorted(f"{k}: file {tuple(given[k].shape)} vs model {tuple(own[k].shape)}"
+                    for k in expected & set(given) if tuple(given[k].shape) != tuple(own[k].shape))
+    problems = [f"{len(keys)} {kind} key(s): {', '.join(keys[:_LISTED])}{' …' if len(keys) > _LISTED else ''}"
+                for kind, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", shapes)) if keys]
+    if problems:
+        raise ModelImportError(f"{where}: the weights do not fit the architecture ({'; '.join(problems)}). "
+                               "Check the model name and options (--option), or the number of classes the weights "
+                               "were trained for")
+    with torch.no_grad():
+        model.load_state_dict({**{k: own[k] for k in skip}, **given}, strict=True)
+
+
+# --- importing -------------------------------------------------------------------------------------------
+
+
+def import_model(
+    architecture: str,
+    weights: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    num_classes: int | None = None,
+    in_channels: int = 3,
+    image_size: int = 224,
+    options: Mapping | None = None,
+    mean: Sequence[float] | None = IMAGENET_MEAN,
+    std: Sequence[float] | None = IMAGENET_STD,
+    scale: float | None = 1 / 255,
+    trust: Iterable[str] = (),
+    seed: int = 0,
+) -> ImportReport:
+    """Build ``architecture``, load ``weights`` strictly, optionally replace the head, write a checked bundle.
+
+    Args:
+        architecture: registered name, ``torchvision.models.<name>`` or ``package.module:factory``.
+        weights: safetensors or ``torch.save``-d state dict.
+        num_classes: replace the classifier for this many classes (default: keep the source's, read from
+            the weights).
+        image_size: the side of the square input the model will be fed (recorded; also passed to the
+            factory, which may size static paddings from it).
+        options: extra factory arguments (JSON-able), recorded in the bundle.
+        mean, std, scale: the input normalisation the model expects, ``(pixels * scale - mean) / std``
+            (default: ImageNet statistics of pixels in [0, 1]); ``None`` records none.
+        trust: modules whose factories this call may import (a user factory named here is always trusted).
+        seed: initialisation of a replaced head.
+    """
+    out = Path(out)
+    options = dict(options or {})
+    notes: list[str] = []
+    trust = list(trust)
+    if ":" in architecture:  # the user named this factory: that is the trust decision, for this call
+        trust.append(architecture.partition(":")[0])
+    with torch.random.fork_rng(devices=[]):  # builds the architecture first: a bad name fails before any file
+        probe = create_model(architecture, num_classes=2, in_channels=in_channels, image_size=image_size, **options)
+    state = read_state_dict(weights)
+    source_classes = _source_classes(probe, architecture, state, weights)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        source = create_model(architecture, num_classes=source_classes, in_channels=in_channels,
+                              image_size=image_size, **options)
+    load_strict(source, state, where=str(weights))
+    source.eval()
+    head_name = _module_name(source, classifier(source))
+    model = source
+    if num_classes is not None and num_classes != source_classes:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = create_model(architecture, num_classes=num_classes, in_channels=in_channels,
+                                 image_size=image_size, **options)
+        head_keys = {k for k in model.state_dict() if k.startswith(f"{head_name}.")}
+        load_strict(model, {k: v for k, v in state.items() if not k.startswith(f"{head_name}.")},
+                    where=str(weights), skip=head_keys)
+        model.eval()
+        notes.append(f"classifier {head_name!r} replaced: {source_classes} -> {num_classes} classes "
+                     f"(fresh initialisation, seed {seed}); fine-tune before use")
+    spec = _input_spec(mean, std, scale)
+    input_shape = (in_channels, image_size, image_size)
+    metadata = {"import": {"architecture": architecture, "weights": str(weights), "options": options,
+                           "source_num_classes": source_classes, "head_replaced": model is not source,
+                           "trusted_module": architecture.partition(":")[0] if ":" in architecture else None,
+                           "notes": notes}}
+    save_bundle(model, out, input_shape=input_shape, recipe={"import": metadata["import"]}, metadata=metadata,
+                input_spec=spec)
+    diff, compared = _parity(source, out, input_shape, head_name, replaced=model is not source, trust=trust)
+    return ImportReport(str(out), architecture, str(weights), source_classes, num_classes or source_classes,
+                        model is not source, list(input_shape), spec.get("mean"), spec.get("std"), spec.get("scale"),
+                        count_params(model), count_macs(model, input_shape), diff, compared, notes)
+
+
+def import_bundle(source: str | os.PathLike, out: str | os.PathLike, *, trust: Iterable[str] = (),
+                  origin: str | None = None) -> ImportReport:
+    """Re-write a bundle (e.g. a registered version's, downloaded by the edge) after loading and checking it.
+
+    Args:
+        origin: where the bundle came from (``models:/name/3``, ``s3://...``), recorded in metadata.
+    """
+    source, out = Path(source), Path(out)
+    if source.resolve() == out.resolve():
+        raise ModelImportError(f"{out}: the output directory is the source bundle itself; choose another --out")
+    model = load_bundle(source, verify=True, trust_modules=trust)
+    info = read_bundle_info(source)
+    arch = info["architecture"]
+    spec = {k: v for k, v in (arch.get("input") or {}).items()}
+    input_shape = tuple(arch["input_shape"])
+    metadata = {**info["metadata"], "import": {"bundle": origin or str(source)}}
+    save_bundle(model, out, input_shape=input_shape, recipe=info["recipe"], metadata=metadata,
+                input_spec=spec or None)
+    diff, compared = _parity(model, out, input_shape, "", replaced=False, trust=trust)
+    num_classes = int(arch.get("num_classes") or arch["arch"].get("num_classes"))
+    return ImportReport(str(out), arch["arch"]["name"], origin or str(source), num_classes, num_classes, False,
+                        list(input_shape), spec.get("mean"), spec.get("std"), spec.get("scale"), count_params(model),
+                        count_macs(model, input_shape), diff, compared, [])
+
+
+def _source_classes(probe: nn.Module, architecture: str, state: Mapping[str, Tensor], weights) -> int:
+    """The number of classes the weights were trained for: rows of the classifier's weight in the file."""
+    head = _module_name(probe, classifier(probe))
+    key = f"{head}.weight"
+    if key not in state:
+        raise ModelImportError(f"{weights}: no {key!r} in the weights, so they do not belong to {architecture!r} "
+                               f"(whose classifier is {head!r}); keys in the file start with "
+                               f"{sorted({k.split('.')[0] for k in state})[:_LISTED]}")
+    return int(state[key].shape[0])
+
+
+def _module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def _input_spec(mean, std, scale) -> dict:
+    spec: dict = {}
+    if mean is not None:
+        spec["mean"] = [float(v) for v in mean]
+    if std is not None:
+        spec["std"] = [float(v) for v in std]
+    if scale is not None and spec:
+        spec["scale"] = float(scale)
+    return spec
+
+
+def _parity(source: nn.Module, bundle: Path, input_shape: tuple[int, ...], head_name: str, *, replaced: bool,
+            trust: Iterable[str]) -> tuple[float, str]:
+    """Load the bundle back from disk and compare it with the source model on a seeded probe batch."""
+    loaded = load_bundle(bundle, verify=True, trust_modules=trust)
+    probe = torch.randn((PARITY_BATCH, *input_shape), generator=torch.Generator().manual_seed(PARITY_SEED))
+    if replaced:
+        expected, got = _head_input(source, head_name, probe), _head_input(loaded, head_name, probe)
+        compared = "features"
+    else:
+        with torch.inference_mode():
+            expected, got = source.eval()(probe), loaded(probe)
+        compared = "logits"
+    diff = float((expected - got).abs().max())
+    if not diff <= PARITY_RTOL * max(1.0, float(expected.abs().max())):
+        raise ModelImportError(f"{bundle}: the bundle does not reproduce the source model ({compared} differ by "
+                               f"{diff:.3g}); it was written but must not be used")
+    return diff, compared
+
+
+def _head_input(model: nn.Module, head_name: str, probe: Tensor) -> Tensor:
+    seen: list[Tensor] = []
+    handle = model.get_submodule(head_name).register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    try:
+        with torch.inference_mode():
+            model.eval()(probe)
+    finally:
+        handle.remove()
+    return seen[-1]
+
+
+# --- command line (``idap import``; the edge adds models:/ and s3:// sources) ---------------------------
+
+
+def add_import_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of ``idap import``; ``idap.cli.build_parser`` calls this for the subcommand."""
+    p.add_argument("--model", dest="source_model", required=True,
+                   help="registered name, torchvision.models.NAME, package.module:factory, or a bundle directory "
+                        "(the idap console script also takes models:/NAME@ALIAS, models:/NAME/VERSION, s3://)")
+    p.add_argument("--weights", default=None, help="safetensors or torch.save(state_dict) file (not with a bundle)")
+    p.add_argument("--num-classes", type=int, default=None, help="replace the classifier for this many classes")
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=224, help="side of the square input the model will get")
+    p.add_argument("--option", dest="options", action="append", default=[], metavar="NAME=JSON",
+                   help="a factory argument, e.g. --option dropout=0.1 (repeatable)")
+    p.add_argument("--normalization", default="imagenet",
+                   help="'imagenet' (default), 'none', or MEAN,MEAN,MEAN/STD,STD,STD of pixels in [0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="initialisation of a replaced head")
+    p.add_argument("--out", required=True, help="bundle directory to write")
+    p.set_defaults(func=cmd_import)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """``idap import``: print the ImportReport as JSON; the bundle is at ``--out``."""
+    trust = list(getattr(args, "trust_modules", []) or [])
+    source = args.source_model
+    if Path(source).is_dir():
+        if args.weights or args.num_classes is not None:
+            raise ModelImportError(f"{source} is a bundle: --weights and --num-classes apply to an architecture "
+                                   "name; import the bundle as it is, or name its architecture")
+        report = import_bundle(source, args.out, trust=trust, origin=getattr(args, "source_origin", None))
+    else:
+        if not args.weights:
+            raise ModelImportError(f"--weights is required to import {source!r} (a safetensors file or a state dict)")
+        mean, std = _normalization(args.normalization)
+        report = import_model(source, args.weights, args.out, num_classes=args.num_classes,
+                              in_channels=args.in_channels, image_size=args.image_size,
+                              options=_options(args.options), mean=mean, std=std, trust=trust, seed=args.seed)
+    print(f"imported {report.architecture} -> {report.path}: {report.params:,} params, {report.macs:,} MACs at "
+          f"{report.input_shape}, parity max|diff| {report.parity_max_abs_diff:.3g} ({report.parity_compared})",
+          file=sys.stderr, flush=True)
+    print(json.dumps(report.to_json(), indent=2))
+    return 0
+
+
+def _options(items: Sequence[str]) -> dict:
+    options = {}
+    for item in items:
+        key, eq, raw = item.partition("=")
+        if not eq or not key.strip():
+            raise ModelImportError(f"--option {item!r} must look like name=value")
+        try:
+            options[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            options[key.strip()] = raw
+    return options
+
+
+def _normalization(text: str) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None]:
+    if text == "imagenet":
+        return IMAGENET_MEAN, IMAGENET_STD
+    if text == "none":
+        return None, None
+    try:
+        mean_text, std_text = text.split("/")
+        return tuple(float(v) for v in mean_text.split(",")), tuple(float(v) for v in std_text.split(","))
+    except ValueError:
+        raise ModelImportError(f"--normalization must be 'imagenet', 'none' or MEAN,.../STD,..., got {text!r}") from None
