@@ -106,6 +106,8 @@ def fetch_dataset(name: str, root: str | Path | None = None) -> Path:
         import sklearn.datasets
 
         return Path(sklearn.datasets.__file__).parent / "data"
+    if name == "cifar10":
+        return _cifar10_location(root)
     if name not in _BUILTIN:
         raise DataError(f"unknown dataset {name!r}; builtin datasets: {list_datasets()}")
     root = Path(root) if root is not None else Path(os.environ.get("IDAP_DATA_ROOT", "data"))
@@ -147,6 +149,11 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
         raw = _BUILTIN[name_or_path](root)
     else:
         path = Path(name_or_path)
+        if path.is_file() and path.suffix in _SPEC_SUFFIXES:  # a dataset spec: streamed (or decoded) images
+            from idap.streaming import load_spec, open_spec
+
+            return open_spec(load_spec(path), root=root, seed=seed, calibration_size=calibration_size,
+                             validation_size=validation_size, train_limit=train_limit, test_limit=test_limit)
         if path.is_dir():
             raw = _load_image_folder(path)
         elif path.is_file() and path.suffix == ".npz":
@@ -418,3 +425,30 @@ _BUILTIN: dict[str, Callable[[str | Path | None], _Raw]] = {
     "digits": _load_digits,
     "fashion-mnist": _load_fashion,
 }
+
+
+# ---- CIFAR-10 (idap.streaming reads both its layouts) and dataset specs ------------------------------------
+
+_SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+
+
+def _cifar10_root(root: str | Path | None) -> Path:
+    return Path(root) if root is not None else Path(os.environ.get("IDAP_DATA_ROOT", "data"))
+
+
+def _cifar10_location(root: str | Path | None) -> Path:
+    from idap.streaming import cifar10_jpeg_root
+
+    tv = _cifar10_root(root) / "cifar-10-batches-py"
+    return tv if (tv / "data_batch_1").is_file() else cifar10_jpeg_root(root=_cifar10_root(root))
+
+
+def _load_cifar10(root: str | Path | None) -> _Raw:
+    """CIFAR-10 in memory: torchvision's format under ROOT/cifar-10-batches-py, else the JPEG archive."""
+    from idap.streaming import cifar10_arrays
+
+    x, y, x_test, y_test, digest = cifar10_arrays(_cifar10_root(root))
+    return _Raw(x, y, x_test, y_test, 10, digest)
+
+
+_BUILTIN["cifar10"] = _load_cifar10

@@ -22,6 +22,7 @@ import platform
 import statistics
 import time
 from collections.abc import Iterator, Sequence
+from typing import Protocol
 
 import torch
 from torch import Tensor, nn
@@ -98,7 +99,7 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
 
 def accuracy(
     model: nn.Module,
-    x: Tensor,
+    x: Tensor | StreamedBatches,
     y: Tensor,
     *,
     batch_size: int = 512,
@@ -107,6 +108,7 @@ def accuracy(
     """Top-1 accuracy in percent (0–100), in eval mode; the model's training flag is restored.
 
     Args:
+        x: images as a tensor, or a streamed split (``idap.streaming.StreamedSplit``: read in batches).
         device: where batches are sent; default: the model's device. The model itself is not moved.
     """
     if len(x) != len(y):
@@ -118,11 +120,30 @@ def accuracy(
     target = torch.device(device) if device is not None else _model_device(model)
     correct = 0
     with _eval_mode(model), torch.inference_mode():
+        if is_streamed(x):  # labels come with the images; y is the same split's label tensor
+            for xb, yb in x.batches(batch_size):
+                logits = model(xb.to(target))
+                correct += int((logits.argmax(dim=1) == yb.to(logits.device)).sum())
+            return 100.0 * correct / len(x)
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size].to(target))
             labels = y[start : start + batch_size].to(logits.device)
             correct += int((logits.argmax(dim=1) == labels).sum())
     return 100.0 * correct / len(x)
+
+
+class StreamedBatches(Protocol):
+    """A split too large for memory, read in batches (``idap.streaming.StreamedSplit``)."""
+
+    def __len__(self) -> int: ...
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                augment: bool = False, drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]: ...
+
+
+def is_streamed(x: object) -> bool:
+    """True for a split read through ``batches()`` rather than indexed as a tensor."""
+    return not isinstance(x, Tensor) and callable(getattr(x, "batches", None))
 
 
 def measure_latency(

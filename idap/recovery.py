@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from idap.activations import FeatureTaps, activation_modules
 from idap.config import RecoveryConfig
+from idap.metrics import is_streamed
 
 Progress = Callable[[int, float], None]  # (step, loss)
 
@@ -49,17 +50,39 @@ def augment_batch(x: Tensor, gen: torch.Generator, pad: int = 2) -> Tensor:
 
 
 class _Batches:
-    """Endless seeded shuffling over in-memory tensors."""
+    """Endless seeded shuffling over in-memory tensors, or over a streamed split (``idap.streaming``): then
+    each epoch is one seeded DataLoader pass, augmented by the split's training transform."""
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device: torch.device, augment: bool):
         if len(x) == 0:
             raise ValueError("the training split is empty")
+        if len(x) != len(y):
+            raise ValueError(f"x and y differ in length: {len(x)} samples vs {len(y)} labels")
         self.x, self.y, self.device, self.augment = x, y, device, augment
         self.batch_size = min(batch_size, len(x))
         self.gen = torch.Generator().manual_seed(seed)
+        self._stream = None
+        if is_streamed(x):
+            return
         self._order, self._pos = torch.randperm(len(x), generator=self.gen), 0
 
+    def _next_streamed(self) -> tuple[Tensor, Tensor]:
+        for _ in range(2):  # at most one epoch boundary per batch
+            if self._stream is None:
+                epoch_seed = int(torch.randint(2**62, (1,), generator=self.gen))
+                self._stream = iter(self.x.batches(self.batch_size, shuffle=True, seed=epoch_seed,
+                                                   augment=self.augment, drop_last=True))
+            try:
+                xb, yb = next(self._stream)
+            except StopIteration:
+                self._stream = None
+                continue
+            return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+        raise ValueError(f"the training split {self.x!r} yields no full batch of {self.batch_size}")
+
     def next(self) -> tuple[Tensor, Tensor]:
+        if is_streamed(self.x):
+            return self._next_streamed()
         if self._pos + self.batch_size > len(self._order):
             self._order, self._pos = torch.randperm(len(self.x), generator=self.gen), 0
         idx = self._order[self._pos:self._pos + self.batch_size]

@@ -58,7 +58,7 @@ def write_idx(directory: Path, n_train=30, n_test=10, size=4, compress=True) -> 
 
 
 def test_list_datasets():
-    assert list_datasets() == ["digits", "fashion-mnist"]
+    assert list_datasets() == ["cifar10", "digits", "fashion-mnist"]
 
 
 @pytest.mark.parametrize("seed", [0, 1])
