@@ -1,0 +1,65 @@
+"""Pipeline step 3 of the tune pipeline: a Ray Tune search over recipe settings; its winner goes on to compress."""
+
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
+
+from components._artifacts import component_image
+
+
+@dsl.component(base_image=component_image(), install_kfp_package=False)
+def search_compression(
+    data: Input[Dataset],
+    dense: Input[Model],
+    recipe_json: str,
+    parent_run_id: str,
+    search_space: str,
+    objective: str,
+    reduction: str,
+    num_samples: int,
+    cpus_per_trial: int,
+    ray_address: str,
+    seed: int,
+    measure_latency: bool,
+    report: Output[Markdown],
+    pareto: Output[Artifact],
+    best_recipe: Output[Artifact],
+) -> NamedTuple("SearchOutputs", [("recipe_json", str), ("winner", str)]):
+    """Search ``search_space`` (YAML text or a path; "" = recipes/search/default.yaml) around the recipe.
+
+    The pipeline's MLflow run is the search run: every trial is a nested run of it, and so are the compress
+    steps that follow, so the registered model's lineage points at the search. ``objective`` / ``reduction``
+    "" and ``num_samples`` 0 keep the space file's. ``ray_address`` "" = a local Ray inside this step.
+    A retried step resumes the search from its experiment directory (keyed by the run id).
+
+    Returns:
+        The winning recipe as JSON (the base recipe when no trial kept the budget) and the winner as JSON.
+    """
+    import json
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+
+    from components import _artifacts, _tracking, _tune
+    from idap.bundle import load_bundle
+    from idap.data import load_splits
+
+    settings = _tracking.configure()
+    base = _artifacts.recipe_from_json(recipe_json)
+    space = _tune.SearchSpace.load(search_space).with_settings(
+        objective=objective or None, reduction=reduction or None, num_samples=num_samples or None)
+    result = _tune.run_search(
+        data=load_splits(data.path), dense=load_bundle(dense.path), base=base, space=space,
+        experiment_dir=settings.workdir / "tune" / (parent_run_id or "search"), resume="auto",
+        search_run_id=parent_run_id or None, address=ray_address or None, cpus_per_trial=cpus_per_trial,
+        seed=seed, measure_latency=measure_latency, sources={"dataset": data.uri, "model_dir": dense.uri})
+    files = result.files
+    Path(report.path).write_text(_artifacts.embed_images(files["markdown"].read_text(), files["markdown"].parent))
+    shutil.copyfile(files["json"], pareto.path)
+    shutil.copyfile(files["best_recipe"], best_recipe.path)
+    winner = result.winner or {}
+    report.metadata.update({"winner": winner.get("trial_id", "none"), "front": len(result.front)})
+    print(f"search: {result.summary['trials']} -> winner {winner.get('trial_id', 'none (base recipe)')}", flush=True)
+    outputs = namedtuple("SearchOutputs", ["recipe_json", "winner"])
+    return outputs(_artifacts.recipe_param(result.winner_recipe), json.dumps(winner, default=str))
