@@ -46,7 +46,7 @@ from idap.metrics import accuracy, resolve_device
 from idap.models import create_model
 from idap.recovery import recover, train
 from idap.report import evaluate_model, measure_speed
-from idap.steps import LANDING_TOLERANCE, SEED_FINAL, StepRecord
+from idap.state import LANDING_TOLERANCE, SEED_FINAL, StepRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 # For the time estimate: a distillation step on a pruned model plus the teacher's forward pass, relative to

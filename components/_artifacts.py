@@ -23,7 +23,7 @@ from idap.cli import print_step
 from idap.config import ConfigError, Recipe
 from idap.data import DataSplits
 from idap.report import write_plots
-from idap.steps import StepRecord
+from idap.state import RunState, StepRecord
 
 # Pipeline parameters below zero mean "keep the recipe's value" (a pipeline cannot express "unset").
 KEEP = -1
@@ -130,19 +130,19 @@ def profile_markdown(doc: dict, directory: str | os.PathLike) -> str:
 
 
 # ---- trajectory --------------------------------------------------------------------------------
-def save_trajectory(path: str | os.PathLike, steps: list[StepRecord]) -> Path:
-    return write_json(path, [s.to_json() for s in steps])
+def save_state(path: str | os.PathLike, state: RunState) -> Path:
+    """The run state a step hands the next one (its trajectory is what the report and MLflow show)."""
+    return write_json(path, state.to_json())
+
+
+def load_state(path: str | os.PathLike) -> RunState:
+    return RunState.from_json(read_json(path))
 
 
 def load_trajectory(path: str | os.PathLike) -> list[StepRecord]:
-    return [StepRecord(**s) for s in read_json(path)]
-
-
-def dense_val_acc(steps: list[StepRecord]) -> float:
-    """The dense model's validation accuracy, measured once by the first step of the trajectory."""
-    if not steps or steps[0].stage != "dense":
-        raise ValueError("the trajectory must start with the dense model's record")
-    return steps[0].val_acc
+    """The trajectory of a run-state artifact (or of a plain list of step records)."""
+    doc = read_json(path)
+    return RunState.from_json(doc).trajectory if isinstance(doc, dict) else [StepRecord(**s) for s in doc]
 
 
 def reporter(tracker) -> Callable[[StepRecord], None]:

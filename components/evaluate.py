@@ -33,7 +33,7 @@ def evaluate(
 
     recipe = _artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
-    steps = _artifacts.read_json(trajectory.path)
+    steps = [s.to_json() for s in _artifacts.load_trajectory(trajectory.path)]  # the run state's trajectory
     with _tracking.step_run(parent_run_id, "evaluate", params={"measure_latency": measure_latency}) as t:
         result = compression_report(
             load_bundle(dense.path), load_bundle(model.path), splits, recipe=recipe.to_dict(), steps=steps,

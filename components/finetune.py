@@ -18,21 +18,20 @@ def finetune(
     trajectory: Output[Artifact],
 ):
     """``recovery.final_budget`` optimizer steps (or what the stages left of ``recovery.total_budget``) with
-    the cosine schedule; the result is the compressed model."""
+    the cosine schedule, continuing the run state of the previous step; the result is the compressed model."""
     from components import _artifacts, _tracking
     from idap.bundle import load_bundle
-    from idap.compress import final_finetune
+    from idap.compress import run_stages
     from idap.data import load_splits
-    from idap.steps import RunContext
+    from idap.state import RunContext
 
     recipe = _artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
-    steps = _artifacts.load_trajectory(in_trajectory.path)
+    state = _artifacts.load_state(in_trajectory.path)
     dense_model = load_bundle(dense.path)
     with _tracking.step_run(parent_run_id, "finetune", params={"recovery.final_budget": recipe.recovery.final_budget}) as t:
-        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t),
-                                dense_val_acc=_artifacts.dense_val_acc(steps))
-        current, records = final_finetune(load_bundle(in_model.path), ctx, dense_model, spent=ctx.recovery_spent(steps))
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state)
+        current = run_stages(load_bundle(in_model.path), ctx, dense_model, until="done")
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict(),
                               metadata={"dataset": splits.describe(), "recipe_digest": recipe.digest()})
-        _artifacts.save_trajectory(trajectory.path, steps + records)
+        _artifacts.save_state(trajectory.path, ctx.state)

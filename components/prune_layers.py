@@ -18,20 +18,20 @@ def prune_layers(
     trajectory: Output[Artifact],
 ):
     """Remove up to ``layer.max_removals`` blocks of the filter-pruned model (and, with a MACs target the
-    blocks stop short of, let stage 1 top up the gap), as ``idap compress`` does; with ``layer.enabled``
-    false the model and trajectory pass through unchanged."""
-    import shutil
-
+    blocks stop short of, let stage 1 top up the gap), continuing the run state of the previous step, as
+    ``idap compress`` does; with ``layer.enabled`` false the model passes through unchanged."""
     from components import _artifacts, _tracking
     from idap.bundle import load_bundle
-    from idap.compress import layer_stage
+    from idap.compress import run_stages
     from idap.data import load_splits
-    from idap.steps import RunContext
+    from idap.state import RunContext
+
+    import shutil
 
     recipe = _artifacts.recipe_from_json(recipe_json)
-    steps = _artifacts.load_trajectory(in_trajectory.path)
+    state = _artifacts.load_state(in_trajectory.path)
     with _tracking.step_run(parent_run_id, "prune_layers", params={"layer.enabled": recipe.layer.enabled}) as t:
-        if not recipe.layer.enabled:
+        if not recipe.layer.enabled:  # the next step's run_stages skips the stage the same way
             shutil.copytree(in_model.path, model.path, dirs_exist_ok=True)
             shutil.copyfile(in_trajectory.path, trajectory.path)
             model.metadata.update(in_model.metadata)
@@ -39,9 +39,7 @@ def prune_layers(
             return
         splits = load_splits(data.path)
         dense_model = load_bundle(dense.path)
-        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t),
-                                dense_val_acc=_artifacts.dense_val_acc(steps))
-        ctx.recovery_used = ctx.recovery_spent(steps)  # stage 1 ran in another step
-        current, records = layer_stage(load_bundle(in_model.path), ctx, dense_model)
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state)
+        current = run_stages(load_bundle(in_model.path), ctx, dense_model, until="finetune")
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
-        _artifacts.save_trajectory(trajectory.path, steps + records)
+        _artifacts.save_state(trajectory.path, ctx.state)

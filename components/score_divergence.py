@@ -23,7 +23,7 @@ def score_divergence(
     from idap.bundle import load_bundle
     from idap.compress import dense_profile
     from idap.data import load_splits
-    from idap.steps import RunContext
+    from idap.state import RunContext
 
     recipe = _artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)

@@ -15,7 +15,7 @@ from idap.data import DataError, DataSplits, load_dataset
 from idap.divergence import FlowProfile, flow_profile
 from idap.importance import create_importance, list_importances
 from idap.models import ModelError, create_model, list_models, register_model
-from idap.steps import StepRecord
+from idap.state import StepRecord
 
 __version__ = "0.1.0"
 

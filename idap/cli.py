@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,10 @@ from pathlib import Path
 
 import torch
 
+from idap.atomic import replace_directory, staged_directory
 from idap.bundle import BundleError, export_onnx, load_bundle, read_bundle_info, save_bundle
+from idap.checkpoint import CheckpointMismatch
+from idap.checks import check_data, check_model_fits
 from idap.compress import CompressionResult, compress
 from idap.config import ConfigError, Recipe
 from idap.data import DataError, fetch_dataset, list_datasets, load_dataset
@@ -24,9 +28,11 @@ from idap.metrics import resolve_device
 from idap.models import TRUST_ENV, ModelError, create_model, list_models, trust_modules
 from idap.recovery import train
 from idap.report import compression_report, evaluate_model, write_report
-from idap.steps import StepRecord
+from idap.state import StepRecord
 
 USER_ERRORS = (ConfigError, DataError, ModelError, BundleError, FileNotFoundError, ValueError)
+# what marks a directory as an earlier idap output that a new run may replace whole
+_OUTPUT_MARKERS = ("report.json", "model", "architecture.json", "metrics.json")
 
 
 def log(msg: str) -> None:
@@ -104,14 +110,68 @@ def train_dense(model_name: str, data, *, epochs: float, seed: int, device: str 
 
 def cmd_train(args: argparse.Namespace) -> int:
     data = load_data_for(args, seed=args.seed)
+    check_data(data)
+    out = Path(args.out)
+    check_output_dir(out, "idap train")
     model, metrics = train_dense(args.model, data, epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                  batch_size=args.batch_size, progress=not args.quiet)
-    out = Path(args.out)
-    save_bundle(model, out, input_shape=_shape(data), recipe={"train": vars_json(args)}, metadata={"metrics": metrics})
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    with staged_directory(out) as tmp:  # a complete bundle with its metrics, or the previous output untouched
+        save_bundle(model, tmp / "bundle", input_shape=_shape(data), recipe={"train": vars_json(args)},
+                    metadata={"metrics": metrics})
+        for path in (tmp / "bundle").iterdir():
+            path.rename(tmp / path.name)
+        (tmp / "bundle").rmdir()
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log(f"dense {args.model}: val {metrics['val_acc']:.2f}% test {metrics['test_acc']:.2f}% -> {out}")
     print(json.dumps({k: v for k, v in metrics.items() if k != "dataset"}))
     return 0
+
+
+def check_output_dir(out: Path, command: str) -> None:
+    """Refuse to replace anything but a previous idap output (a user's other files are never deleted)."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not any((out / m).exists() for m in _OUTPUT_MARKERS):
+        raise ValueError(f"--out {out} exists, is not empty and is not an idap output; {command} replaces its "
+                         "output directory whole, so choose a new or empty directory")
+
+
+def partial_dir(out: Path) -> Path:
+    """Where an unfinished ``compress`` into ``out`` keeps its checkpoint (a hidden sibling of ``out``)."""
+    return out.with_name(f".{out.name}.partial")
+
+
+def _dense_for(args: argparse.Namespace, data, recipe: Recipe, work: Path):
+    """The dense model: the given bundle, or one trained now (kept in ``work`` so a resumed run reuses it)."""
+    if args.model_dir:
+        dense = load_bundle(args.model_dir)
+        check_model_fits(dense, data, source=args.model_dir,
+                         input_shape=read_bundle_info(args.model_dir)["architecture"]["input_shape"])
+        return dense, None
+    trained = work / "dense"
+    if (trained / "architecture.json").is_file():
+        log(f"reusing the dense {args.model} trained by the interrupted run ({trained})")
+        return load_bundle(trained, trust_modules=_user_module(args.model)), trained
+    log(f"no --model-dir: training a dense {args.model} for {args.train_epochs} epochs first")
+    dense, _ = train_dense(args.model, data, epochs=args.train_epochs, seed=recipe.seed, device=recipe.device,
+                           progress=not getattr(args, "quiet", False))
+    save_bundle(dense, trained, input_shape=_shape(data), recipe={"train_epochs": args.train_epochs})
+    return dense, trained
+
+
+def _user_module(name: str) -> list[str]:
+    return [name.partition(":")[0]] if ":" in name else []
+
+
+def _prepare_work(work: Path, args: argparse.Namespace) -> None:
+    """Start, continue or discard the partial run in ``work`` as the flags ask."""
+    if getattr(args, "fresh", False) and work.exists():
+        shutil.rmtree(work)
+    has_checkpoint = (work / "checkpoint" / "model" / "architecture.json").is_file()
+    if getattr(args, "resume", False) and not has_checkpoint:
+        raise ValueError(f"--resume: no interrupted run of --out {args.out} to resume (nothing in {work})")
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "result", ignore_errors=True)
 
 
 def run_compress(
@@ -119,22 +179,19 @@ def run_compress(
     *,
     on_step: Callable[[StepRecord], None] | None = None,
 ) -> tuple[Path, dict, CompressionResult]:
-    """The body of ``compress``: reusable by the edge, which adds tracking through ``on_step``."""
+    """The body of ``compress``: reusable by the edge, which adds tracking through ``on_step``.
+
+    Whole or nothing: the run works in a hidden sibling of ``--out`` and replaces ``--out`` in one rename at
+    the end. After every completed step it checkpoints there, so the same command run again after a kill
+    (or with ``--resume``) continues from the last completed step and ends with the same model.
+    """
     recipe = recipe_from_args(args)
     data = load_data_for(args, recipe)
+    check_data(data)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    if args.model_dir:
-        dense = load_bundle(args.model_dir)
-    else:
-        log(f"no --model-dir: training a dense {args.model} for {args.train_epochs} epochs first")
-        dense, _ = train_dense(args.model, data, epochs=args.train_epochs, seed=recipe.seed, device=recipe.device,
-                               progress=not getattr(args, "quiet", False))
-        save_bundle(dense, out / "dense", input_shape=_shape(data), recipe={"train_epochs": args.train_epochs})
-    arch = getattr(dense, "idap_arch", {})
-    if arch.get("num_classes") not in (None, data.num_classes) or arch.get("in_channels") not in (None, data.in_channels):
-        raise ValueError(f"model expects {arch.get('in_channels')} channels / {arch.get('num_classes')} classes, "
-                         f"dataset {data.name} has {data.in_channels} / {data.num_classes}")
+    check_output_dir(out, "idap compress")
+    work = partial_dir(out)
+    _prepare_work(work, args)
     steps = []
 
     def step(rec: StepRecord) -> None:
@@ -143,7 +200,38 @@ def run_compress(
         if on_step is not None:
             on_step(rec)
 
-    result = compress(dense, data, recipe, on_step=step, progress=not getattr(args, "quiet", False))
+    try:
+        dense, trained = _dense_for(args, data, recipe, work)
+        try:
+            result = compress(dense, data, recipe, on_step=step, progress=not getattr(args, "quiet", False),
+                              checkpoint_dir=work / "checkpoint")
+        except CheckpointMismatch as exc:
+            if getattr(args, "resume", False):
+                raise ValueError(f"--resume: {exc}; rerun with --fresh to start over") from None
+            log(f"{exc}: starting over")
+            shutil.rmtree(work / "checkpoint")
+            result = compress(dense, data, recipe, on_step=step, progress=not getattr(args, "quiet", False),
+                              checkpoint_dir=work / "checkpoint")
+        if result.resumed_from:
+            log(f"resumed the interrupted run at {result.resumed_from}")
+        report = _write_outputs(args, result, data, recipe, work / "result", trained)
+        replace_directory(work / "result", out)
+    except BaseException:
+        if (work / "checkpoint" / "model").is_dir():
+            log(f"run interrupted; its checkpoint is in {work}: run the same command again to continue")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    r = report["ratios"]
+    log(f"compressed: {r['macs_reduction']:.2f}x fewer MACs, {r['params_reduction']:.2f}x fewer params, "
+        f"speed-up {r['speedup_b1'] or float('nan'):.2f}x, val drop {r['val_acc_drop_pp']:.2f} pp, "
+        f"test {report['compressed']['test_acc']:.2f}% -> {out}")
+    return out, report, result
+
+
+def _write_outputs(args, result: CompressionResult, data, recipe: Recipe, tmp: Path, trained: Path | None) -> dict:
+    """Everything ``--out`` will hold, written into ``tmp``."""
     model = result.model.cpu()
     log("measuring dense vs compressed (accuracy, MACs, latency)...")
     report = compression_report(result.dense.cpu(), model, data, recipe=recipe.to_dict(),
@@ -151,16 +239,15 @@ def run_compress(
                                 latency=not args.no_latency, extra={"compress_seconds": round(result.seconds, 1)})
     metadata = {"report": {k: report[k] for k in ("dense", "compressed", "ratios")}, "dataset": data.describe(),
                 "recipe_digest": recipe.digest(), "base_model": args.model_dir or args.model}
-    save_bundle(model, out / "model", input_shape=_shape(data), recipe=recipe.to_dict(), metadata=metadata)
+    tmp.mkdir(parents=True, exist_ok=True)
+    save_bundle(model, tmp / "model", input_shape=_shape(data), recipe=recipe.to_dict(), metadata=metadata)
+    if trained is not None:
+        shutil.copytree(trained, tmp / "dense")
     if not args.no_onnx:
-        export_onnx(model, out / "model.onnx", input_shape=_shape(data))
-    (out / "recipe.yaml").write_text(recipe.to_yaml())
-    write_report(report, out)
-    r = report["ratios"]
-    log(f"compressed: {r['macs_reduction']:.2f}x fewer MACs, {r['params_reduction']:.2f}x fewer params, "
-        f"speed-up {r['speedup_b1'] or float('nan'):.2f}x, val drop {r['val_acc_drop_pp']:.2f} pp, "
-        f"test {report['compressed']['test_acc']:.2f}% -> {out}")
-    return out, report, result
+        export_onnx(model, tmp / "model.onnx", input_shape=_shape(data))
+    (tmp / "recipe.yaml").write_text(recipe.to_yaml())
+    write_report(report, tmp)
+    return report
 
 
 def cmd_compress(args: argparse.Namespace) -> int:
@@ -171,12 +258,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_bundle(args.model_dir)
-    saved = read_bundle_info(args.model_dir).get("recipe") or {}
+    info = read_bundle_info(args.model_dir)
+    saved = info.get("recipe") or {}
     try:  # the splits the model was compressed with, so validation figures match its report
         recipe = Recipe.from_dict(saved) if args.seed is None else None
     except ConfigError:
         recipe = None
     data = load_data_for(args, recipe, seed=args.seed or 0)
+    check_data(data, need_train=False)
+    check_model_fits(model, data, source=args.model_dir, input_shape=info["architecture"]["input_shape"])
     dev = resolve_device(args.device or "auto")
     result = evaluate_model(model, data, device=dev)
     if not args.no_latency:
@@ -228,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-latency", action="store_true", help="skip latency/throughput measurement")
     p.add_argument("--no-onnx", action="store_true", help="skip the ONNX export")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run of this --out (an error when there is none); the same "
+                            "command without it also continues a matching interrupted run")
+    again.add_argument("--fresh", action="store_true", help="discard an interrupted run of this --out and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compress)
 

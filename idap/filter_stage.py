@@ -19,7 +19,7 @@ from idap.importance import FlowImportance, Importance, ScoringContext, create_i
 from idap.metrics import layer_macs
 from idap.recovery import recover
 from idap.schedule import channels_to_remove, prune_fraction
-from idap.steps import SEED_FILTER, RunContext, StepRecord
+from idap.state import SEED_FILTER, RunContext, StepRecord, within_budget
 from idap.surgery import (
     attention_modules,
     channel_floor,
@@ -137,6 +137,9 @@ def run_filter_stage(
     importance: Importance | None = None,
     macs_target: float | None = None,
     seed_offset: int = SEED_FILTER,
+    start: int = 0,
+    stage: str = "filter",
+    note: str = "",
 ) -> tuple[nn.Module, list[StepRecord]]:
     """Prune channels (and attention heads) of ``model`` step by step; returns the kept model and its steps.
 
@@ -146,11 +149,16 @@ def run_filter_stage(
             :class:`FlowImportance` with a profile of ``model`` skips the first scoring pass.
         macs_target: overrides the recipe's MACs target (the layer stage may take a share of it).
         seed_offset: seed stream of this run of the stage (a top-up after stage 2 uses its own).
+        start: the first step to run (a resumed run continues at ``ctx.state.position["t"]``).
+        stage: the run state's name for this run of the stage (``filter`` or ``topup``).
+        note: prefix of every record's note.
+
+    After every step the run state points at the next one and ``ctx.save_point`` is called with the kept model.
     """
     r = ctx.recipe
     cfg = r.filter
     imp = importance or create_importance(cfg.importance)
-    records: list[StepRecord] = []
+    first = len(ctx.state.trajectory)
     # per-layer floors are fractions of the DENSE widths, also when the stage runs on a pruned model
     original: dict[str, int] = {}
     if dense is not None:
@@ -158,10 +166,10 @@ def run_filter_stage(
         original.update({n: m.num_heads for n, m in attention_modules(dense).items()})
     calib_x, calib_y = ctx.calib
     model.to(ctx.device)
-    for t in range(cfg.steps):
+    for t in range(start, cfg.steps):
         started = time.perf_counter()
         if ctx.target_reached(model, macs_target):
-            _stop(records, ctx, model, t, started, "target reached")
+            _stop(ctx, model, t, started, f"{note}target reached")
             break
         imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + seed_offset + t,
                                           device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))
@@ -170,7 +178,7 @@ def run_filter_stage(
         if isinstance(imp, FlowImportance):
             imp.consume()
         if not channel_picks and not head_picks:
-            _stop(records, ctx, model, t, started, "nothing left to prune above the per-layer floors")
+            _stop(ctx, model, t, started, f"{note}nothing left to prune above the per-layer floors")
             break
         channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
         snapshot = copy.deepcopy(model)
@@ -182,19 +190,22 @@ def run_filter_stage(
                 seed=r.seed + seed_offset + t, device=ctx.device, schedule=r.recovery.schedule,
                 progress=ctx.progress, desc=f"filter step {t} recovery")
         acc = ctx.evaluate(model)
-        drop = ctx.dense_val_acc - acc
-        rolled_back = drop > r.stage_budget
-        records.append(ctx.record(
-            model, "filter", t, "rollback" if rolled_back else "prune", val_acc=acc, started=started,
-            accepted=not rolled_back, removed=removed, recovery_steps=given,
-            note=f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back" if rolled_back else ""))
+        drop = ctx.drop(acc)
+        rolled_back = not within_budget(drop, r.stage_budget)
+        ctx.record(model, "filter", t, "rollback" if rolled_back else "prune", val_acc=acc, started=started,
+                   accepted=not rolled_back, removed=removed, recovery_steps=given,
+                   note=note + (f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back"
+                                if rolled_back else ""))
         if rolled_back:
             model = snapshot
             break
-    return model, records
+        ctx.state.advance(stage, t=t + 1)
+        ctx.save_point(model)
+    return model, ctx.state.trajectory[first:]
 
 
-def _stop(records: list[StepRecord], ctx: RunContext, model: nn.Module, t: int, started: float, note: str) -> None:
-    kept = [r for r in records if r.accepted]
-    acc = kept[-1].val_acc if kept else ctx.evaluate(model)
-    records.append(ctx.record(model, "filter", t, "stop", val_acc=acc, started=started, accepted=False, note=note))
+def _stop(ctx: RunContext, model: nn.Module, t: int, started: float, note: str) -> None:
+    last = ctx.state.trajectory[-1] if ctx.state.trajectory else None
+    # the last record describes the current model when it was kept; evaluation is deterministic either way
+    acc = last.val_acc if last is not None and last.accepted and last.stage == "filter" else ctx.evaluate(model)
+    ctx.record(model, "filter", t, "stop", val_acc=acc, started=started, accepted=False, note=note)

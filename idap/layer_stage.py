@@ -16,7 +16,7 @@ from torch import nn
 from idap.divergence import flow_profile
 from idap.models import block_candidates
 from idap.recovery import recover
-from idap.steps import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord
+from idap.state import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord, within_budget
 from idap.surgery import remove_block
 
 
@@ -43,6 +43,7 @@ def run_layer_stage(
     ctx: RunContext,
     *,
     dense: nn.Module | None = None,
+    plan: dict | None = None,
 ) -> tuple[nn.Module, list[StepRecord]]:
     """Remove up to ``layer.max_removals`` blocks; returns the kept model and the steps taken.
 
@@ -50,22 +51,31 @@ def run_layer_stage(
     skipped (one block is a coarse step; stage 1 can close a remaining gap finely).
     With ``layer.exact_removals`` (benchmark mode) exactly that many of the lowest-scored blocks are
     removed, without the accept/revert test, so criteria can be compared at equal depth.
+
+    Args:
+        plan: where a resumed stage stands (``ctx.state.position``: the ranking made when the stage began,
+            the accuracy then, the next candidate, removals so far); ``None`` starts the stage.
+
+    After every candidate the run state holds the updated plan and ``ctx.save_point`` gets the kept model.
     """
     r = ctx.recipe
     cfg = r.layer
     model.to(ctx.device)
-    records: list[StepRecord] = []
-    ranked = rank_blocks(model, ctx)
-    start_acc = last_acc = ctx.evaluate(model)
+    first = len(ctx.state.trajectory)
+    if plan is None:
+        start_acc = ctx.evaluate(model)
+        plan = {"ranked": [list(kv) for kv in rank_blocks(model, ctx)], "start_acc": start_acc,
+                "last_acc": start_acc, "accepted": 0, "next": 0}
+    plan = dict(plan)
     target = r.target_macs_reduction
-    accepted = 0
-    for i, (name, score) in enumerate(ranked):
+    for i in range(plan["next"], len(plan["ranked"])):
+        name, score = plan["ranked"][i]
         started = time.perf_counter()
-        if accepted >= cfg.max_removals:
+        if plan["accepted"] >= cfg.max_removals:
             break
         if not cfg.exact_removals and ctx.target_reached(model):
-            records.append(ctx.record(model, "layer", i, "stop", val_acc=last_acc, started=started, accepted=False,
-                                      note="target reached"))
+            ctx.record(model, "layer", i, "stop", val_acc=plan["last_acc"], started=started, accepted=False,
+                       note="target reached")
             break
         snapshot = copy.deepcopy(model)
         remove_block(model, name)
@@ -73,30 +83,32 @@ def run_layer_stage(
         if not cfg.exact_removals and target is not None and ctx.macs_reduction(model) > target * (1 + LANDING_TOLERANCE):
             model = snapshot
             if cfg.overshoot == "stop":
-                records.append(ctx.record(model, "layer", i, "stop", val_acc=last_acc, started=started,
-                                          accepted=False, removed=removed,
-                                          note=f"{name} would overshoot the {target:g}x target: filters top up"))
+                ctx.record(model, "layer", i, "stop", val_acc=plan["last_acc"], started=started, accepted=False,
+                           removed=removed, note=f"{name} would overshoot the {target:g}x target: filters top up")
                 break
-            records.append(ctx.record(model, "layer", i, "skip_block", val_acc=last_acc, started=started,
-                                      accepted=False, removed=removed, note=f"would overshoot the {target:g}x target"))
-            continue
-        teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        given = ctx.take_recovery()
-        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=given, config=r.recovery,
-                seed=r.seed + SEED_LAYER + i, device=ctx.device, schedule=r.recovery.schedule,
-                progress=ctx.progress, desc=f"block {name} recovery")
-        acc = ctx.evaluate(model)
-        stage_drop, total_drop = start_acc - acc, ctx.dense_val_acc - acc
-        if cfg.exact_removals or (stage_drop <= cfg.epsilon and total_drop <= r.stage_budget):
-            accepted += 1
-            last_acc = acc
-            records.append(ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed,
-                                      recovery_steps=given))
+            ctx.record(model, "layer", i, "skip_block", val_acc=plan["last_acc"], started=started, accepted=False,
+                       removed=removed, note=f"would overshoot the {target:g}x target")
         else:
-            records.append(ctx.record(
-                model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False, removed=removed,
-                recovery_steps=given,
-                note=f"essential: drop {stage_drop:.2f} pp since stage start (ε={cfg.epsilon}), "
-                     f"{total_drop:.2f} pp total (budget {r.stage_budget})"))
-            model = snapshot
-    return model, records
+            teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
+            given = ctx.take_recovery()
+            recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=given, config=r.recovery,
+                    seed=r.seed + SEED_LAYER + i, device=ctx.device, schedule=r.recovery.schedule,
+                    progress=ctx.progress, desc=f"block {name} recovery")
+            acc = ctx.evaluate(model)
+            stage_drop, total_drop = plan["start_acc"] - acc, ctx.drop(acc)
+            if cfg.exact_removals or (within_budget(stage_drop, cfg.epsilon) and within_budget(total_drop, r.stage_budget)):
+                plan["accepted"] += 1
+                plan["last_acc"] = acc
+                ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed,
+                           recovery_steps=given)
+            else:
+                ctx.record(
+                    model, "layer", i, "revert_block", val_acc=acc, started=started, accepted=False, removed=removed,
+                    recovery_steps=given,
+                    note=f"essential: drop {stage_drop:.2f} pp since stage start (ε={cfg.epsilon}), "
+                         f"{total_drop:.2f} pp total (budget {r.stage_budget})")
+                model = snapshot
+        plan["next"] = i + 1
+        ctx.state.advance("layer", **plan)
+        ctx.save_point(model)
+    return model, ctx.state.trajectory[first:]

@@ -1,6 +1,6 @@
 """evaluate: the report from the steps' artifacts, with the plots inside the Markdown artifact."""
 
-from components._artifacts import profile_json, read_json
+from components._artifacts import load_trajectory, profile_json, read_json
 from idap.bundle import load_bundle
 from idap.data import load_splits
 from idap.report import evaluate_model
@@ -11,7 +11,7 @@ def test_report_measures_both_models(chain):
     splits = load_splits(chain.out["data"].path)
     assert report["compressed"] == evaluate_model(load_bundle(chain.out["final"].path), splits)
     assert report["dense"] == evaluate_model(load_bundle(chain.out["dense"].path), splits)
-    assert report["trajectory"] == read_json(chain.out["final_trajectory"].path)
+    assert report["trajectory"] == [s.to_json() for s in load_trajectory(chain.out["final_trajectory"].path)]
     assert report["divergence_profile"] == profile_json(read_json(chain.out["profile"].path))
     assert report["ratios"]["params_reduction"] > 1
 

@@ -14,7 +14,7 @@ from idap.compress import filter_stage
 from idap.data import load_splits
 from idap.divergence import FlowProfile
 from idap.metrics import count_params
-from idap.steps import RunContext
+from idap.state import RunContext
 
 
 def test_trajectory_starts_dense_and_the_bundle_is_the_last_kept_model(chain):
@@ -42,5 +42,5 @@ def test_first_step_ranks_by_the_profile_artifact(chain, tmp_path, monkeypatch):
     prune_filters.python_func(data=chain.out["data"], dense=chain.out["dense"], profile=chain.out["profile"],
                               recipe_json=chain.recipe_json, parent_run_id="",
                               model=dsl.Model(uri=str(tmp_path / "m")), trajectory=dsl.Artifact(uri=str(tmp_path / "t")))
-    pruning_steps = [s for s in read_json(tmp_path / "t") if s["stage"] == "filter"]
+    pruning_steps = [s for s in read_json(tmp_path / "t")["trajectory"] if s["stage"] == "filter"]  # a run state
     assert len(calls) == len(pruning_steps) - 1  # every step scores its model, except the first: the artifact

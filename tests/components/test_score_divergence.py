@@ -8,7 +8,7 @@ from idap.bundle import load_bundle
 from idap.compress import dense_profile
 from idap.data import load_splits
 from idap.divergence import FlowProfile
-from idap.steps import RunContext
+from idap.state import RunContext
 
 
 def test_profile_round_trips_exactly(chain):

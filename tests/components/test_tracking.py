@@ -29,7 +29,7 @@ from idap.bundle import BundleError, load_bundle, save_bundle
 from idap.config import FilterStageConfig, Recipe
 from idap.models import create_model
 from idap.report import build_report, write_report
-from idap.steps import StepRecord
+from idap.state import StepRecord
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = Recipe(max_accuracy_drop=1.0, filter=FilterStageConfig(steps=3))

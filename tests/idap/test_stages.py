@@ -12,7 +12,7 @@ from idap.layer_stage import rank_blocks, run_layer_stage
 from idap.metrics import count_macs, count_params
 from idap.models import create_model
 from idap.recovery import augment_batch, recover, select_taps
-from idap.steps import RunContext
+from idap.state import RunContext
 
 
 def recipe(**kw):

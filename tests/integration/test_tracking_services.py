@@ -20,7 +20,7 @@ from components._storage import StorageError, download
 from components._tracking import TrackingError
 from idap.bundle import load_bundle, save_bundle
 from idap.models import create_model
-from idap.steps import StepRecord
+from idap.state import StepRecord
 from tests.components.test_tracking import (  # noqa: F401
     RECIPE,
     make_report,
