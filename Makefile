@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV = .venv
 BIN = $(VENV)/bin
 STAMP = $(VENV)/.stamp-install
-DEMO_CMD ?= $(BIN)/idap pipeline run compress --recipe recipes/demo.yaml --param train_limit=20000 --param train_epochs=3
+DEMO_CMD ?= $(BIN)/idap pipeline run compress --recipe recipes/demo.yaml --param model_name=resnet_tiny \
+	--param train_limit=20000 --param train_epochs=3
 PYTEST = $(BIN)/python -m pytest
 
 # Closed network and a user courtesy: no telemetry from MLflow, Ray or anything honouring DO_NOT_TRACK.

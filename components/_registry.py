@@ -62,7 +62,7 @@ from components._tracking import (
     step_run,
 )
 
-__all__ = ["PromotionError", "bundle_digest", "promote", "register_and_promote"]
+__all__ = ["PromotionError", "bundle_digest", "promote", "register_and_promote", "version_description"]
 
 log = logging.getLogger("idap.tracking.registry")  # under idap.tracking: one logger tree for the edge
 
@@ -147,7 +147,7 @@ def register_and_promote(
         if existing is None:
             tracker.log_recipe(recipe)
             tracker.log_dataset(dataset)
-            tracker.log_report(report)
+            tracker.log_report(report, files=False)  # the files live in the evaluate step's run
             started = time.perf_counter()
             with _clear_errors(settings.tracking_uri):
                 info = _log_bundle_model(tracker.run_id, model_dir, "model", checked)
@@ -173,6 +173,10 @@ def register_and_promote(
                         client.delete_model_version(registered_name, version.version)
                 raise
             decision = _decide(client, registered_name, version.version, objective, tolerance_pp)
+            if created or not (version.description or "").strip():
+                client.update_model_version(registered_name, version.version, description=version_description(
+                    report=report, recipe=recipe, base_model=base_model, dataset=dataset, decision=decision,
+                    objective=objective, tolerance_pp=tolerance_pp))
         tracker.set_tags({"idap.registered_model": registered_name, "idap.registered_version": version.version,
                           "idap.promotion": decision["decision"]})
     return _result(client, registered_name, version.version, created=created, run_id=tracker.run_id, **decision)
@@ -482,6 +486,48 @@ def _version_tags(client, *, figures: dict, digest: str, recipe, dataset: dict, 
         "idap.tolerance_pp": repr(float(tolerance_pp)),
     })
     return _str_dict(tags)
+
+
+def version_description(*, report: dict, recipe, base_model: str, dataset: dict, decision: dict, objective: str,
+                        tolerance_pp: float) -> str:
+    """The registered version's Markdown description: what was compressed from which base, the changes in
+    accuracy, params, MACs and measured latency, the recipe digest, and why it is champion or challenger."""
+    d, c, r = report["dense"], report["compressed"], report["ratios"]
+
+    def x(v):
+        return "n/a" if v is None else f"{v:.2f}x"
+
+    def ms(v):
+        return "n/a" if v is None else f"{v:.3f} ms"
+
+    verdict = {"champion": "**champion**", "challenger": "**challenger**", "rejected": "**rejected** (stays challenger)"}
+    lines = [
+        f"IDAP++ compression of **{report.get('model', '?')}** on **{dataset.get('name', '?')}**, from base "
+        f"`{base_model}`.",
+        "",
+        f"Decision: {verdict.get(decision['decision'], decision['decision'])} — {decision['reason']} "
+        f"(objective {objective}, tolerance {tolerance_pp:g} pp).",
+        "",
+        "| | dense | compressed | change |",
+        "|---|---:|---:|---:|",
+        f"| test accuracy | {d['test_acc']:.2f}% | {c['test_acc']:.2f}% | {-r['test_acc_drop_pp']:+.2f} pp |",
+        f"| validation accuracy | {d['val_acc']:.2f}% | {c['val_acc']:.2f}% | {-r['val_acc_drop_pp']:+.2f} pp |",
+        f"| params | {d['params']:,} | {c['params']:,} | {x(r.get('params_reduction'))} fewer |",
+        f"| MACs | {d['macs']:,} | {c['macs']:,} | {x(r.get('macs_reduction'))} fewer |",
+    ]
+    if d.get("latency_ms_b1") is not None:
+        lines.append(f"| latency b1, PyTorch | {ms(d['latency_ms_b1'])} | {ms(c.get('latency_ms_b1'))} "
+                     f"| {x(r.get('speedup_b1'))} faster |")
+    if d.get("ort_latency_ms_b1") is not None:
+        lines.append(f"| latency b1, ONNX Runtime | {ms(d['ort_latency_ms_b1'])} | {ms(c.get('ort_latency_ms_b1'))} "
+                     f"| {x(r.get('ort_speedup_b1'))} faster |")
+    removed = report.get("removed_blocks") or []
+    lines += ["", f"Blocks removed: {', '.join(f'`{b}`' for b in removed) if removed else 'none'}. "
+                  f"Recipe digest `{_as_recipe(recipe).digest()}` (budget {_as_recipe(recipe).max_accuracy_drop:g} pp)."]
+    if report.get("target_met") is False:
+        lines += ["", "**Target not reached:** " + next(w for w in report["warnings"] if w.startswith("target not"))
+                  .split(": ", 1)[1]]
+    return "\n".join(lines) + "\n"
 
 
 def _registry_version(client, uri: str) -> str:

@@ -38,14 +38,23 @@ from pathlib import Path
 from components._settings import Settings, load_settings, telemetry_off
 
 __all__ = [
-    "StepTracker", "TrackingError", "code_version", "configure", "finish_pipeline_run", "start_pipeline_run",
-    "step_run",
+    "StepTracker", "TrackingError", "code_version", "configure", "finish_pipeline_run", "log_pipeline_summary",
+    "start_pipeline_run", "step_run",
 ]
 
 log = logging.getLogger("idap.tracking")
 
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 STAGE_CODES = {"dense": 0, "filter": 1, "layer": 2, "finetune": 3}  # the "stage" metric
+# Step runs are named "01 prepare_data" ... "08 register": MLflow lists child runs newest first, a name
+# sort then reads as the pipeline. Steps not listed (another pipeline's) keep their plain name.
+STEP_ORDER = ("prepare_data", "train_baseline", "score_divergence", "prune_filters", "prune_layers", "finetune",
+              "evaluate", "register")
+# The recipe settings a pipeline's parent run shows as params, so runs compare side by side in the table.
+KEY_RECIPE_PARAMS = ("seed", "max_accuracy_drop", "target_macs_reduction", "target_params_reduction", "stage_slack",
+                     "filter.importance", "filter.ranking", "filter.score_point", "filter.p0", "filter.steps",
+                     "layer.enabled", "layer.max_removals", "layer.epsilon", "recovery.step_budget",
+                     "recovery.final_budget", "recovery.teacher")
 HTTP_BACKOFF_FACTOR = "1"  # seconds: 1, 2, 4 ... between retries of a failing server
 LOCK_TIMEOUT_S = 600
 _MAX_PARAMS_PER_BATCH = 100
@@ -204,6 +213,81 @@ def finish_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
         client.set_terminated(run_id, status)
 
 
+def report_tags(report: dict) -> dict:
+    """What a report says in words, as run tags: the target verdict, what stopped the stages, the warnings."""
+    tags = {}
+    if report.get("target_met") is not None:
+        tags["idap.target_met"] = str(report["target_met"]).lower()
+    if report.get("target_met") is False:
+        tags["idap.target_missed"] = next((w for w in report.get("warnings", []) if w.startswith("target not reached")),
+                                          "target not reached")
+    if report.get("stopped_by"):
+        tags["idap.stopped_by"] = " | ".join(report["stopped_by"])
+    if report.get("removed_blocks") is not None:
+        tags["idap.removed_blocks"] = ", ".join(report["removed_blocks"]) or "none"
+    if report.get("warnings"):
+        tags["idap.report_warnings"] = " | ".join(report["warnings"])
+    return tags
+
+
+def log_pipeline_summary(parent_run_id: str, *, report: dict, recipe, dataset: dict,
+                         registration: dict | None = None, base_model: str | None = None) -> None:
+    """The run a user opens first says what the pipeline did: the final metrics (``dense_*``,
+    ``compressed_*``, ratios), the recipe's key settings, model and dataset as params, the dataset as an
+    input, the target verdict and the registered version with its decision as tags, and a Markdown
+    description (``mlflow.note.content``, the run page's Description). Report files stay in the
+    ``evaluate`` step run (logged once)."""
+    recipe = _as_recipe(recipe)
+    settings = configure()
+    tracker = StepTracker(_client(settings), parent_run_id, tracking_uri=settings.tracking_uri)
+    flat = recipe.flat()
+    params = {"model": report.get("model", "unknown"), "dataset": dataset.get("name", "unknown"),
+              **{f"recipe.{k}": flat.get(k) for k in KEY_RECIPE_PARAMS if k in flat}}
+    if base_model:
+        params["base_model"] = base_model
+    tracker.log_params(params)
+    tracker.log_report(report, files=False)
+    tracker.log_dataset(dataset)
+    tags = {"idap.recipe_digest": recipe.digest(), "idap.model": report.get("model", "unknown")}
+    if registration:
+        tags.update({"idap.registered_model": registration.get("name"),
+                     "idap.registered_version": registration.get("version"),
+                     "idap.promotion": registration.get("decision"),
+                     "idap.promotion_reason": registration.get("reason")})
+    tags["mlflow.note.content"] = summary_markdown(report, recipe, registration)
+    tracker.set_tags(tags)
+
+
+def summary_markdown(report: dict, recipe, registration: dict | None = None) -> str:
+    """A few lines of Markdown: what was compressed, the headline changes, the verdict and the registry decision."""
+    d, c, r = report["dense"], report["compressed"], report["ratios"]
+
+    def x(v):
+        return "n/a" if v is None else f"{v:.2f}x"
+
+    lines = [f"**{report.get('model', '?')}** on **{(report.get('dataset') or {}).get('name', '?')}**, "
+             f"recipe `{_as_recipe(recipe).digest()[:12]}`: {x(r.get('macs_reduction'))} fewer MACs, "
+             f"{x(r.get('params_reduction'))} fewer params, test accuracy {d['test_acc']:.2f}% → {c['test_acc']:.2f}% "
+             f"({-r['test_acc_drop_pp']:+.2f} pp), validation {-r['val_acc_drop_pp']:+.2f} pp.", ""]
+    if d.get("latency_ms_b1") is not None:
+        lines += [f"Latency at batch 1: PyTorch {d['latency_ms_b1']:.3f} → {c['latency_ms_b1']:.3f} ms "
+                  f"({x(r.get('speedup_b1'))})" + (
+                      f", ONNX Runtime {d['ort_latency_ms_b1']:.3f} → {c['ort_latency_ms_b1']:.3f} ms "
+                      f"({x(r.get('ort_speedup_b1'))})" if d.get("ort_latency_ms_b1") is not None else "") + ".", ""]
+    removed = report.get("removed_blocks") or []
+    lines += [f"Stage 2 removed {len(removed)} block(s)" + (f": {', '.join(removed)}." if removed else "."), ""]
+    if report.get("target_met") is False:
+        lines += [f"**Target not reached.** {next(w for w in report['warnings'] if w.startswith('target not'))}", ""]
+    elif report.get("stopped_by"):
+        lines += ["Stopped by: " + "; ".join(report["stopped_by"]) + ".", ""]
+    if report.get("within_budget") is False:
+        lines += ["**Over the accuracy budget.**", ""]
+    if registration:
+        lines += [f"Registered as `{registration.get('name')}` version {registration.get('version')}: "
+                  f"**{registration.get('decision')}** — {registration.get('reason')}.", ""]
+    return "\n".join(lines).strip() + "\n"
+
+
 @contextlib.contextmanager
 def step_run(parent_run_id: str | None, step: str, *, params: dict | None = None) -> Iterator[StepTracker]:
     """A run for one pipeline step, nested under ``parent_run_id`` (top level when it is None or "").
@@ -226,7 +310,10 @@ def step_run(parent_run_id: str | None, step: str, *, params: dict | None = None
             tags["mlflow.parentRunId"] = parent_run_id
         else:
             experiment_id = _experiment_id(settings)
-        run = client.create_run(experiment_id, run_name=step, tags=_str_dict(tags))
+        if step in STEP_ORDER and parent_run_id:
+            tags["idap.step_index"] = STEP_ORDER.index(step) + 1
+        name = f"{tags['idap.step_index']:02d} {step}" if "idap.step_index" in tags else step
+        run = client.create_run(experiment_id, run_name=name, tags=_str_dict(tags))
     tracker = StepTracker(client, run.info.run_id, parent_run_id=parent_run_id, tracking_uri=settings.tracking_uri)
     monitor = None
     try:
@@ -369,27 +456,31 @@ class StepTracker:
         except Exception as error:  # e.g. two steps logging the same dataset at once
             log.warning("could not log the dataset as an MLflow input: %s", error)
 
-    def log_report(self, report: dict, report_dir: str | os.PathLike | None = None) -> None:
-        """``dense_*`` / ``compressed_*`` / ratio metrics, warnings as a tag, and report.json / report.md /
-        plots (from ``report_dir``) plus the divergence profile as artifacts under ``report/``."""
+    def log_report(self, report: dict, report_dir: str | os.PathLike | None = None, *, files: bool = True) -> None:
+        """``dense_*`` / ``compressed_*`` / ratio metrics, the target verdict and warnings as tags, and (with
+        ``files``) report.json / report.md / plots (from ``report_dir``) plus the divergence profile as
+        artifacts under ``report/``. Pass ``files=False`` where another run already holds the files."""
         metrics = {}
         for section in ("dense", "compressed"):
             metrics.update({f"{section}_{k}": v for k, v in (report.get(section) or {}).items() if _is_number(v)})
         metrics.update({k: v for k, v in (report.get("ratios") or {}).items() if _is_number(v)})
         if _is_number(report.get("compress_seconds")):
             metrics["compress_seconds"] = report["compress_seconds"]
+        if report.get("target_met") is not None:
+            metrics["target_met"] = 1.0 if report["target_met"] else 0.0
         self.log_metrics(metrics)
-        if report.get("warnings"):
-            self.set_tags({"idap.report_warnings": " | ".join(report["warnings"])})
+        self.set_tags(report_tags(report))
+        if not files:
+            return
         with _clear_errors(self._uri):
             written = False
             if report_dir is not None:
                 directory = Path(report_dir)
-                files = sorted(p for p in directory.glob("*") if p.is_file()
-                               and (p.name.startswith("report.") or p.suffix in (".png", ".html", ".svg")))
-                for path in files:
+                files_ = sorted(p for p in directory.glob("*") if p.is_file()
+                                and (p.name.startswith("report.") or p.suffix in (".png", ".html", ".svg")))
+                for path in files_:
                     self.client.log_artifact(self.run_id, str(path), "report")
-                written = any(p.name == "report.json" for p in files)
+                written = any(p.name == "report.json" for p in files_)
             if not written:
                 self.client.log_dict(self.run_id, report, "report/report.json")
             if report.get("divergence_profile"):

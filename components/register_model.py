@@ -38,12 +38,16 @@ def register_model(
     try:
         report = _artifacts.read_json(report_json.path)
         dataset = load_splits(data.path).describe()
+        recipe = _artifacts.recipe_from_json(recipe_json)
+        base = base_model or read_bundle_info(dense.path)["metadata"].get("source", dense.uri)
         result = _registry.register_and_promote(
-            parent_run_id=parent_run_id, model_dir=model.path, dense_dir=dense.path, report=report,
-            recipe=_artifacts.recipe_from_json(recipe_json), dataset=dataset,
+            parent_run_id=parent_run_id, model_dir=model.path, dense_dir=dense.path, report=report, recipe=recipe,
+            dataset=dataset,
             registered_name=registered_name or _artifacts.default_registered_name(report["model"], dataset["name"]),
-            base_model=base_model or read_bundle_info(dense.path)["metadata"].get("source", dense.uri),
-            objective=objective, tolerance_pp=tolerance_pp)
+            base_model=base, objective=objective, tolerance_pp=tolerance_pp)
+        if parent_run_id:  # the run a user opens first: final figures, key settings, the decision
+            _tracking.log_pipeline_summary(parent_run_id, report=report, recipe=recipe, dataset=dataset,
+                                           registration=result, base_model=base)
     except BaseException:
         if parent_run_id:
             _tracking.finish_pipeline_run(parent_run_id, "FAILED")

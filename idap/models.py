@@ -535,6 +535,21 @@ def vit_small(
     return model
 
 
+@register_model("resnet_tiny")
+def resnet_tiny(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    """A 12-layer CIFAR-style ResNet for quick runs (``make demo``): a 16-wide stem, then stages of widths
+    32 / 64 / 64 (the first two downsample), with three stride-1 same-width blocks that stage 2 may remove
+    (``layer1.1``, ``layer2.1``, ``layer3.0``). About cnn_small's training cost at 28x28."""
+    model = CifarResNet(8, num_classes, in_channels)
+    model.layer1 = nn.Sequential(BasicBlock(16, 32, 2), BasicBlock(32, 32))
+    model.layer2 = nn.Sequential(BasicBlock(32, 64, 2), BasicBlock(64, 64))
+    model.layer3 = nn.Sequential(BasicBlock(64, 64))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    return model
+
+
 # --- torchvision classification models by name (``idap import``) ------------------------------------------
 
 TORCHVISION_PREFIX = "torchvision.models."

@@ -13,9 +13,12 @@ User errors end with one line naming the problem and exit code 2.
 """
 
 import argparse
+import contextlib
 import importlib
 import json
+import logging
 import os
+import re
 import sys
 import time
 import warnings
@@ -26,6 +29,7 @@ from components._artifacts import effective_recipe, recipe_param
 from components._settings import SettingsError, load_settings
 from idap import cli as idap_cli
 from idap.config import Recipe
+from idap.report import summary_lines
 from pipelines import kfp_client
 
 # Pipelines by name, imported on use so that a later one (a Ray Tune search) costs nothing until run.
@@ -112,13 +116,22 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_local(name: str, arguments: dict) -> dict:
+def run_local(name: str, arguments: dict, *, log_path: Path | None = None, verbose: bool = True,
+              quiet: bool = False) -> dict:
     """Run a pipeline on this machine with ``kfp.local`` (one subprocess per step, this venv).
 
+    Args:
+        log_path: where kfp's and every step's full output goes (``pipelines.console.StepConsole``); the
+            console then shows one line per step (``verbose`` false) or everything (``verbose``).
+            None: kfp prints as it does by itself.
+
     Returns:
-        ``{"outputs": {name: path or value}, "pipeline_root", "tracking_uri", "seconds"}``.
+        ``{"outputs": {name: path or value}, "pipeline_root", "tracking_uri", "seconds", "steps"}``; ``steps``
+        is what each step did (``StepConsole.done``) when ``log_path`` is given.
     """
     from kfp import local
+
+    from pipelines.console import StepConsole
 
     pipeline = load_pipeline(name)
     settings = load_settings()
@@ -127,14 +140,25 @@ def run_local(name: str, arguments: dict) -> dict:
     os.environ["IDAP_WORKDIR"] = str(settings.workdir)
     os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     root = settings.workdir / "kfp"
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
     started = time.perf_counter()
-    with warnings.catch_warnings():
+    console = contextlib.nullcontext()
+    if log_path is not None:
+        console = StepConsole(log_path, total_steps=len(pipeline.pipeline_spec.root.dag.tasks),
+                              stages={"prune-filters": _filter_steps(arguments)}, verbose=verbose, quiet=quiet)
+    with console, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
         task = pipeline(**arguments)
     outputs = {k: getattr(v, "path", v) for k, v in task.outputs.items()}
     return {"outputs": outputs, "pipeline_root": str(root), "tracking_uri": settings.tracking_uri,
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "steps": getattr(console, "done", [])}
+
+
+def _filter_steps(arguments: dict) -> int | None:
+    """Stage 1's number of steps in the recipe the run is given, for the prune-filters progress bar."""
+    with contextlib.suppress(Exception):
+        return effective_recipe(arguments.get("recipe_json") or "").filter.steps
+    return None
 
 
 def tracking_ui_hint(uri: str) -> str:
@@ -144,30 +168,54 @@ def tracking_ui_hint(uri: str) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    """Run a pipeline locally: one line per step on the console (everything with --verbose), the full logs
+    in a file under $IDAP_WORKDIR/logs, and at the end the report's summary table and the registry decision."""
     pipeline = load_pipeline(args.name)
     arguments = pipeline_arguments(pipeline, args.params, args.recipe)
     if args.threads:
         os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the steps are subprocesses: torch reads it at start
-    log(f"running pipeline {pipeline.name} locally with {json.dumps(arguments)[:300]}")
+    log_path = load_settings().workdir / "logs" / f"{args.name}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    shown = {k: (v if k != "recipe_json" else f"<{len(v)} chars>") for k, v in arguments.items()}
+    log(f"running pipeline {pipeline.name} locally with {json.dumps(shown)[:300]}")
+    log(f"full log: {log_path}")
     try:
-        result = run_local(args.name, arguments)
+        result = run_local(args.name, arguments, log_path=log_path, verbose=args.verbose, quiet=args.quiet)
     except RuntimeError as exc:  # kfp.local: "Pipeline ... finished with status FAILURE. Inner task failed: ..."
-        log(f"error: {exc} (the failing step's log is above)")
+        log(f"error: {_plain(str(exc))} (the failing step's last lines are above; full log: {log_path})")
         return 1
     out = result["outputs"]
     lines = [f"pipeline {pipeline.name} finished in {result['seconds']:.0f} s"]
-    if "model" in out:
-        lines.append(f"compressed model (bundle): {out['model']}")
-    if "report" in out:
-        lines.append(f"report: {out['report']}")
+    report = _step_report(out)
+    if report is not None:
+        lines += summary_lines(report)
     if "registration" in out:
         reg = json.loads(out["registration"])
         lines.append(f"registered: {reg.get('name')} version {reg.get('version')} "
                      f"({reg.get('decision')}: {reg.get('reason')})")
+    if "model" in out:
+        lines.append(f"compressed model (bundle): {out['model']}")
+    if "report" in out:
+        lines.append(f"report: {out['report']}")
     lines.append(f"all step outputs: {result['pipeline_root']}")
+    lines.append(f"full log: {log_path}")
     lines.append(f"tracking UI: {tracking_ui_hint(result['tracking_uri'])}")
     print("\n".join(lines), flush=True)
     return 0
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def _step_report(outputs: dict) -> dict | None:
+    """report.json beside the pipeline's Markdown report output (the evaluate step's ``report_json``)."""
+    if "report" not in outputs:
+        return None
+    path = Path(outputs["report"]).with_name("report_json")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -192,26 +240,63 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 # ---- tracked compress and promotion ------------------------------------------------------------
 def cmd_compress(args: argparse.Namespace) -> int:
-    """``idap compress`` with s3:// inputs resolved and, unless --no-track, an MLflow run around it."""
+    """``idap compress`` with s3:// inputs resolved and, unless --no-track, an MLflow run around it; with
+    --register NAME the compressed model is registered and promoted by rule, as the pipeline does."""
     settings = load_settings()
+    if args.register and args.no_track:
+        raise PipelineError("--register needs tracking: drop --no-track")
+    _registry._check_rule_args(args.promote_objective, args.promote_tolerance_pp)  # before hours of compression
+    _quiet_loggers(args.verbose)
     if args.model_dir and _storage.is_s3(args.model_dir):
         args.model_dir = str(_storage.resolve_input(args.model_dir, settings.workdir))
     if _storage.is_s3(args.dataset):
         args.dataset = str(_storage.resolve_input(args.dataset, settings.workdir))
     if args.no_track:
-        return idap_cli.cmd_compress(args)
+        out, report, _ = idap_cli.run_compress(args)
+        log("\n".join(summary_lines(report)))
+        print(json.dumps({"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"]}))
+        return 0
     _tracking.configure(settings)
     params = {"model": args.model_dir or args.model, "dataset": args.dataset, "out": args.out}
+    registration = None
     with _tracking.step_run(None, "compress", params=params) as tracker:
         out, report, result = idap_cli.run_compress(args, on_step=tracker.on_step)
         tracker.log_recipe(result.recipe)
         tracker.log_dataset(report["dataset"])
-        tracker.log_report(report, out)
-        tracker.log_artifacts(out, "compress")
+        tracker.log_report(report, out)  # metrics, verdict tags, report files under report/
+        for item in sorted(out.iterdir()):  # the rest once, under compress/ (the report files are in report/)
+            if not item.name.startswith("report.") and item.suffix != ".png":
+                tracker.log_artifacts(item, f"compress/{item.name}" if item.is_dir() else "compress")
+        if args.register:
+            base = args.model_dir or f"{args.model} trained by idap compress ({args.train_epochs:g} epochs, " \
+                                     f"seed {result.recipe.seed})"
+            registration = _registry.register_and_promote(
+                parent_run_id=tracker.run_id, model_dir=out / "model", dense_dir=args.model_dir or out / "dense",
+                report=report, recipe=result.recipe, dataset=report["dataset"], registered_name=args.register,
+                base_model=base, objective=args.promote_objective, tolerance_pp=args.promote_tolerance_pp)
+            tracker.set_tags({"idap.registered_model": registration["name"],
+                              "idap.registered_version": registration["version"],
+                              "idap.promotion": registration["decision"],
+                              "idap.promotion_reason": registration["reason"]})
+        tracker.set_tags({"mlflow.note.content": _tracking.summary_markdown(report, result.recipe, registration)})
         run_id = tracker.run_id
-    print(json.dumps({"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"],
-                      "mlflow_run_id": run_id}))
+    lines = summary_lines(report)
+    if registration:
+        lines.append(f"registered: {registration['name']} version {registration['version']} "
+                     f"({registration['decision']}: {registration['reason']})")
+    log("\n".join(lines))
+    summary = {"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"],
+               "target_met": report.get("target_met"), "mlflow_run_id": run_id}
+    if registration:
+        summary["registration"] = {k: registration[k] for k in ("name", "version", "decision", "champion")}
+    print(json.dumps(summary))
     return 0
+
+
+def _quiet_loggers(verbose: bool) -> None:
+    """MLflow's and its database layer's INFO lines (table creation, system metrics) only with --verbose."""
+    for name in ("mlflow", "alembic"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
@@ -346,6 +431,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     compress = sub.choices["compress"]
     compress.add_argument("--no-track", action="store_true", help="do not log the run to MLflow")
+    compress.add_argument("--verbose", action="store_true", help="also MLflow's own log lines (database setup...)")
+    compress.add_argument("--register", default=None, metavar="NAME",
+                          help="register the compressed model in MLflow as NAME and promote it by rule")
+    compress.add_argument("--promote-objective", choices=_registry.OBJECTIVES, default="latency",
+                          help="with --register: what a new champion must beat the current one on")
+    compress.add_argument("--promote-tolerance-pp", type=float, default=0.1,
+                          help="with --register: test accuracy slack (pp) for the latency / macs objectives")
     compress.set_defaults(func=cmd_compress)
 
     p = sub.add_parser("promote", help="alias a registered model version as champion (MLflow)")
@@ -364,6 +456,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_arguments(r, name_optional=False)
     r.add_argument("--threads", type=_positive_int, default=None,
                    help="torch CPU threads of every step (OMP_NUM_THREADS; default: torch's choice)")
+    loud = r.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", help="step lines and the summary only, no live progress line")
+    loud.add_argument("--verbose", action="store_true", help="every step's full output on the console too")
     r.set_defaults(func=cmd_run)
     s = psub.add_parser("submit", help="start a run on a Kubeflow Pipelines cluster")
     _add_arguments(s, name_optional=True)

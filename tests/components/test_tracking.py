@@ -448,3 +448,66 @@ def race_two_registrations(tmp_path, bundles, digits, name: str) -> dict:
         assert proc.returncode == 0, f"{model}: {err[-4000:]}"
         results[model] = json.loads(out.strip().splitlines()[-1])
     return results
+
+
+# --- what the pages show ------------------------------------------------------------------------------------
+
+
+def test_step_runs_read_in_pipeline_order_and_report_files_are_logged_once(workdir, client, tmp_path):
+    parent = tracking.start_pipeline_run("order")
+    for step in ("register", "prepare_data", "evaluate"):  # any start order: the names carry the position
+        with tracking.step_run(parent, step) as t:
+            if step == "evaluate":
+                report = make_report()
+                write_report(report, tmp_path / "r")
+                t.log_report(report, tmp_path / "r")
+            if step == "register":
+                t.log_report(make_report(), files=False)
+                register_run = t.run_id
+    children = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'",
+                                  order_by=["attributes.run_name ASC"])
+    assert [r.info.run_name for r in children] == ["01 prepare_data", "07 evaluate", "08 register"]
+    assert [r.data.tags["idap.step_index"] for r in children] == ["1", "7", "8"]
+    assert client.list_artifacts(register_run) == []  # metrics only: the files live in the evaluate run
+    assert client.get_run(register_run).data.metrics["macs_reduction"] == 2.0
+    with tracking.step_run(None, "compress") as t:  # a top-level run keeps its plain name
+        pass
+    assert client.get_run(t.run_id).info.run_name == "compress"
+
+
+def test_pipeline_summary_on_the_parent_run(workdir, client, digits):
+    parent = tracking.start_pipeline_run("summary")
+    recipe = Recipe(max_accuracy_drop=1.0, target_macs_reduction=4.0, filter=FilterStageConfig(steps=3))
+    steps = [StepRecord("dense", 0, "dense", 20_000, 100_000, 95.0).to_json(),
+             *[StepRecord("filter", i, "prune", 15_000, 70_000, 94.8).to_json() for i in range(3)]]
+    report = build_report(dense=make_report()["dense"], compressed=make_report()["compressed"], steps=steps,
+                          recipe=recipe.to_dict(), dataset=digits.describe(), model_name="cnn_small")
+    registration = {"name": NAME, "version": "3", "decision": "challenger", "reason": "stays challenger: slower"}
+    tracking.log_pipeline_summary(parent, report=report, recipe=recipe, dataset=digits.describe(),
+                                  registration=registration, base_model="runs/dense")
+    run = client.get_run(parent)
+    assert run.data.metrics["compressed_test_acc"] == 93.9 and run.data.metrics["macs_reduction"] == 2.0
+    assert run.data.metrics["target_met"] == 0.0
+    assert run.data.params["recipe.max_accuracy_drop"] == "1.0" and run.data.params["recipe.filter.steps"] == "3"
+    assert run.data.params["model"] == "cnn_small" and run.data.params["dataset"] == "digits"
+    assert run.data.params["base_model"] == "runs/dense"
+    assert run.data.tags["idap.registered_version"] == "3" and run.data.tags["idap.promotion"] == "challenger"
+    assert run.data.tags["idap.target_met"] == "false"
+    assert "4x fewer MACs (reached 2.00x)" in run.data.tags["idap.target_missed"]
+    assert "the schedule" in run.data.tags["idap.stopped_by"]
+    note = run.data.tags["mlflow.note.content"]
+    assert "**cnn_small** on **digits**" in note and "Target not reached" in note and "version 3" in note
+    assert run.inputs.dataset_inputs[0].dataset.name == "digits"
+    assert client.list_artifacts(parent) == []  # no report files on the parent: they are in the evaluate run
+
+
+def test_version_description_says_what_and_why(workdir, client, bundles, digits):
+    first = register(bundles, digits, "good", latency=0.5)
+    second = register(bundles, digits, "worse", latency=0.8)
+    text = client.get_model_version(NAME, first["version"]).description
+    assert text.startswith("IDAP++ compression of **cnn_small** on **digits**, from base")
+    assert "Decision: **champion** — there is no champion yet" in text
+    assert "| MACs | 100,000 | 50,000 | 2.00x fewer |" in text and "| latency b1, PyTorch | 1.000 ms | 0.500 ms" in text
+    assert RECIPE.digest() in text
+    other = client.get_model_version(NAME, second["version"]).description
+    assert "Decision: **challenger** — stays challenger: not lower" in other

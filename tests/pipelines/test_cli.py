@@ -72,20 +72,50 @@ def test_recipe_given_twice_is_refused(work, capsys):
 
 def test_unknown_pipeline_lists_the_valid_ones(capsys):
     assert main(["pipeline", "run", "search"]) == 2
-    assert "unknown pipeline 'search'; valid: ['compress']" in one_error_line(capsys)
+    assert "unknown pipeline 'search'; valid: ['compress'" in one_error_line(capsys)
 
 
 def test_run_prints_where_everything_is(work, capsys, monkeypatch):
     outputs = {"model": "/w/kfp/run/finetune/model", "report": "/w/kfp/run/evaluate/report",
                "registration": json.dumps({"name": "n", "version": "2", "decision": "challenger", "reason": "slower"})}
-    monkeypatch.setattr(cli, "run_local", lambda name, arguments: {
+    seen = {}
+    monkeypatch.setattr(cli, "run_local", lambda name, arguments, **kw: seen.update(kw) or {
         "outputs": outputs, "pipeline_root": "/w/kfp", "tracking_uri": "sqlite:////w/mlflow.db", "seconds": 12.0})
-    assert main(["pipeline", "run", "compress", "--param", "dataset=digits"]) == 0
-    out = capsys.readouterr().out
+    assert main(["pipeline", "run", "compress", "--param", "dataset=digits", "--quiet"]) == 0
+    captured = capsys.readouterr()
+    out = captured.out
     assert "compressed model (bundle): /w/kfp/run/finetune/model" in out
     assert "report: /w/kfp/run/evaluate/report" in out
     assert "registered: n version 2 (challenger: slower)" in out
     assert "mlflow ui --backend-store-uri sqlite:////w/mlflow.db" in out
+    log_path = seen["log_path"]
+    assert f"full log: {log_path}" in out and f"full log: {log_path}" in captured.err
+    assert log_path.parent == work / "work" / "logs" and seen["quiet"] and not seen["verbose"]
+
+
+def test_run_ends_with_the_summary_table(work, capsys, monkeypatch):
+    from idap.report import build_report
+
+    run_dir = work / "kfp" / "run" / "evaluate"
+    run_dir.mkdir(parents=True)
+    figures = {"val_acc": 90.0, "test_acc": 89.0, "params": 2000, "macs": 10_000}
+    report = build_report(dense=figures, compressed={**figures, "macs": 4000, "params": 1000}, steps=[],
+                          recipe={"max_accuracy_drop": 1.0, "target_macs_reduction": 3.0}, dataset={"name": "digits"},
+                          model_name="resnet_tiny", removed_blocks=["layer2.1"])
+    (run_dir / "report_json").write_text(json.dumps(report))
+    monkeypatch.setattr(cli, "run_local", lambda name, arguments, **kw: {
+        "outputs": {"report": str(run_dir / "report")}, "pipeline_root": "r", "tracking_uri": "sqlite:///x",
+        "seconds": 1.0})
+    assert main(["pipeline", "run", "compress"]) == 0
+    out = capsys.readouterr().out
+    assert "  MACs " in out and "2.50x fewer" in out and "stage 2 removed 1 blocks: layer2.1" in out
+    assert "TARGET NOT REACHED: asked for 3x fewer MACs (reached 2.50x) within 1.0 pp" in out
+
+
+def test_quiet_and_verbose_exclude_each_other(work):
+    with pytest.raises(SystemExit) as exc:
+        main(["pipeline", "run", "compress", "--quiet", "--verbose"])
+    assert exc.value.code == 2
 
 
 # ---- idap compress with tracking ----------------------------------------------------------------
@@ -101,7 +131,35 @@ def test_compress_is_tracked_in_mlflow(work, capsys):
     assert run.data.metrics["compressed_test_acc"] == pytest.approx(result["test_acc"])
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [0, 1, 2]  # dense, filter, finetune
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "compress")}
-    assert {"compress/model", "compress/report.json", "compress/recipe.yaml"} <= logged
+    assert {"compress/model", "compress/dense", "compress/recipe.yaml"} <= logged
+    assert not any("report" in path for path in logged)  # the report files once, under report/
+    assert "report/report.json" in {a.path for a in client.list_artifacts(run.info.run_id, "report")}
+    assert "**cnn_small** on **digits**" in run.data.tags["mlflow.note.content"]
+
+
+def test_compress_register_promotes_like_the_pipeline(work, capsys):
+    argv = ["compress", "--model", "cnn_small", "--train-epochs", "1", "--dataset", "digits", "--recipe",
+            str(work / "tiny.yaml"), "--no-latency", "--no-onnx", "--quiet", "--register", "cli-digits",
+            "--promote-objective", "accuracy"]
+    assert main([*argv, "--out", str(work / "a")]) == 0
+    first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert first["registration"] == {"name": "cli-digits", "version": "1", "decision": "champion", "champion": True}
+    client = _tracking._client(_tracking.configure())
+    mv = client.get_model_version("cli-digits", "1")
+    assert mv.tags["idap.objective"] == "accuracy" and mv.tags["idap.pipeline_run_id"] == first["mlflow_run_id"]
+    assert "cnn_small trained by idap compress (1 epochs" in mv.tags["idap.base_model"]
+    assert "Decision: **champion**" in mv.description
+    run = client.get_run(first["mlflow_run_id"])
+    assert run.data.tags["idap.registered_version"] == "1" and run.data.tags["idap.promotion"] == "champion"
+
+
+def test_compress_register_needs_tracking_and_a_valid_objective(work, capsys):
+    base = ["compress", "--model", "cnn_small", "--dataset", "digits", "--out", str(work / "x")]
+    assert main([*base, "--register", "n", "--no-track"]) == 2
+    assert "--register needs tracking" in one_error_line(capsys)
+    assert main([*base, "--register", "n", "--promote-tolerance-pp", "-1"]) == 2
+    assert "tolerance_pp must be a number >= 0" in one_error_line(capsys)
+    assert not (work / "x").exists()
 
 
 def test_no_track_writes_no_tracking_store(work, capsys):
@@ -179,7 +237,7 @@ def test_recipes_load_and_default_is_the_library_default():
 def test_pipeline_run_threads_reach_the_steps(work, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     seen = {}
-    monkeypatch.setattr(cli, "run_local", lambda name, arguments: seen.update(
+    monkeypatch.setattr(cli, "run_local", lambda name, arguments, **kw: seen.update(
         omp=os.environ.get("OMP_NUM_THREADS")) or {"outputs": {}, "pipeline_root": "r",
                                                                  "tracking_uri": "sqlite:///x", "seconds": 0})
     assert main(["pipeline", "run", "compress", "--threads", "1"]) == 0
