@@ -35,7 +35,9 @@ What each task gets (compiled into the pipeline's platform spec through ``kfp-ku
   hand on a finished run's id); ``register-model`` writes to the registry; every other step takes the run
   id as an input, so its cache key is unique to one pipeline run and a cache hit could never happen.
 
-The local runner (``kfp.local``) ignores all of it: no platform spec, no resources, no retries.
+The local runner (``kfp.local``) ignores the platform spec and the resources, but it honours retries (with
+their backoff): run ``without_retries(pipeline)(**arguments)`` locally so that a failing step fails at
+once, or compile the pipeline with ``IDAP_K8S_RETRIES=0``.
 
 Settings are read when the pipeline is compiled, from ``IDAP_K8S_*`` variables (like ``IDAP_IMAGE``)::
 
@@ -53,6 +55,7 @@ Example:
     ({'pool': 'gpu'}, 'idap-mlflow')
 """
 
+import copy
 import json
 import os
 from collections.abc import Mapping
@@ -209,6 +212,26 @@ def configure(task: dsl.PipelineTask, step: str, *, gpus=0,
         task.set_retry(num_retries=settings.retries, **RETRY_BACKOFF)
     task.set_caching_options(profile.cache)
     return task
+
+
+def without_retries(pipeline):
+    """A copy of a ``@dsl.pipeline`` with no task retry policies, for ``kfp.local`` (the original is untouched).
+
+    Example:
+        >>> local.init(runner=local.SubprocessRunner(use_venv=False))        # doctest: +SKIP
+        >>> without_retries(compress_pipeline)(dataset="digits")             # doctest: +SKIP
+    """
+    spec = type(pipeline.pipeline_spec)()
+    spec.CopyFrom(pipeline.pipeline_spec)
+    dags = [spec.root.dag, *(c.dag for c in spec.components.values() if c.HasField("dag"))]
+    for dag in dags:
+        for task in dag.tasks.values():
+            task.ClearField("retry_policy")
+    local = copy.copy(pipeline)
+    local.component_spec = copy.copy(pipeline.component_spec)
+    local.component_spec.implementation = copy.copy(pipeline.component_spec.implementation)
+    local.component_spec.implementation.graph = spec
+    return local
 
 
 def _asks_for_gpus(gpus) -> bool:

@@ -3,9 +3,10 @@
 The part after the baseline (:func:`compress_tail`) takes task outputs, so another pipeline (a Ray Tune
 search that picks the recipe) feeds its winner into the same compress -> evaluate -> register path.
 
-Caching is off for every task: each step logs into the MLflow run the first step opens, and a cached
-step would hand on a finished run's id. (No ``from __future__ import annotations`` here: KFP reads the
-annotations as types.)
+Every task gets the Kubernetes platform config of its kind (``pipelines._platform.configure``: env from
+the cluster's ConfigMaps and Secrets, resources, GPUs when ``gpus`` > 0 on the training and recovery steps,
+retries, caching off); the local runner ignores it. (No ``from __future__ import annotations`` here: KFP
+reads the annotations as types.)
 """
 
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from components.prune_layers import prune_layers
 from components.register_model import register_model
 from components.score_divergence import score_divergence
 from components.train_baseline import train_baseline
+from pipelines._platform import configure
 
 
-def _step(task: dsl.PipelineTask, name: str) -> dsl.PipelineTask:
-    return task.set_display_name(name).set_caching_options(False)
+def _step(task: dsl.PipelineTask, name: str, gpus=0) -> dsl.PipelineTask:
+    return configure(task.set_display_name(name), name, gpus=gpus)
 
 
 @dataclass
@@ -41,7 +43,7 @@ class CompressTail:
 
 
 def compress_tail(*, data, dense, recipe_json, parent_run_id, registered_name, base_model, measure_latency=True,
-                  promote_objective="latency", promote_tolerance_pp=0.1) -> CompressTail:
+                  promote_objective="latency", promote_tolerance_pp=0.1, gpus=0) -> CompressTail:
     """Add the score -> filters -> layers -> finetune -> evaluate -> register tasks to the current pipeline.
 
     Args:
@@ -50,14 +52,16 @@ def compress_tail(*, data, dense, recipe_json, parent_run_id, registered_name, b
         recipe_json, parent_run_id: string outputs or pipeline parameters (the recipe to run, the MLflow
             parent run the steps log into).
         base_model: where the dense model came from, for lineage ("" = what the dense bundle records).
+        gpus: GPUs for the recovery steps (filters, layers, finetune): an int or a pipeline parameter.
     """
     common = {"recipe_json": recipe_json, "parent_run_id": parent_run_id}
     score = _step(score_divergence(data=data, dense=dense, **common), "score-divergence")
-    filters = _step(prune_filters(data=data, dense=dense, profile=score.outputs["profile"], **common), "prune-filters")
+    filters = _step(prune_filters(data=data, dense=dense, profile=score.outputs["profile"], **common), "prune-filters",
+                    gpus)
     layers = _step(prune_layers(data=data, dense=dense, in_model=filters.outputs["model"],
-                                in_trajectory=filters.outputs["trajectory"], **common), "prune-layers")
+                                in_trajectory=filters.outputs["trajectory"], **common), "prune-layers", gpus)
     tuned = _step(finetune(data=data, dense=dense, in_model=layers.outputs["model"],
-                           in_trajectory=layers.outputs["trajectory"], **common), "finetune")
+                           in_trajectory=layers.outputs["trajectory"], **common), "finetune", gpus)
     report = _step(evaluate(data=data, dense=dense, model=tuned.outputs["model"], trajectory=tuned.outputs["trajectory"],
                             profile=score.outputs["profile"], measure_latency=measure_latency, **common), "evaluate")
     register = _step(register_model(model=tuned.outputs["model"], dense=dense, report_json=report.outputs["report_json"],
@@ -93,6 +97,7 @@ def compress_pipeline(
     measure_latency: bool = True,
     promote_objective: str = "latency",
     promote_tolerance_pp: float = 0.1,
+    gpus: int = 0,
 ) -> CompressOutputs:
     """Compress ``model_name`` on ``dataset`` with IDAP++ and register the result.
 
@@ -104,6 +109,7 @@ def compress_pipeline(
             override its fields; a negative value keeps the recipe's, a target of 0 means none.
         registered_name: MLflow registered model ("" = idap-<model_name>-<dataset>).
         train_limit, test_limit: subsample the train / test splits (0 = all).
+        gpus: GPUs for each training and recovery step on a cluster (0 = CPU only; the local runner ignores it).
     """
     prep = _step(prepare_data(dataset=dataset, data_root=data_root, recipe_json=recipe_json, seed=seed,
                               max_accuracy_drop=max_accuracy_drop, target_macs_reduction=target_macs_reduction,
@@ -112,10 +118,10 @@ def compress_pipeline(
     recipe, parent = prep.outputs["recipe_json"], prep.outputs["parent_run_id"]
     base = _step(train_baseline(data=prep.outputs["data"], model_name=model_name, epochs=train_epochs,
                                 base_model_uri=base_model_uri, recipe_json=recipe, parent_run_id=parent),
-                 "train-baseline")
+                 "train-baseline", gpus)
     tail = compress_tail(data=prep.outputs["data"], dense=base.outputs["dense"], recipe_json=recipe,
                          parent_run_id=parent, registered_name=registered_name, base_model=base_model_uri,
                          measure_latency=measure_latency, promote_objective=promote_objective,
-                         promote_tolerance_pp=promote_tolerance_pp)
+                         promote_tolerance_pp=promote_tolerance_pp, gpus=gpus)
     return CompressOutputs(model=tail.finetune.outputs["model"], report=tail.evaluate.outputs["report"],
                            registration=tail.register.output)
