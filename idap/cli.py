@@ -29,8 +29,9 @@ from idap.models import TRUST_ENV, ModelError, create_model, list_models, trust_
 from idap.recovery import train
 from idap.report import compression_report, evaluate_model, write_report
 from idap.state import StepRecord
+from idap.surgery import SurgeryError
 
-USER_ERRORS = (ConfigError, DataError, ModelError, BundleError, FileNotFoundError, ValueError)
+USER_ERRORS = (ConfigError, DataError, ModelError, BundleError, SurgeryError, FileNotFoundError, ValueError)
 # what marks a directory as an earlier idap output that a new run may replace whole
 _OUTPUT_MARKERS = ("report.json", "model", "architecture.json", "metrics.json")
 

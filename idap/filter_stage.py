@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 
 import torch
 from torch import nn
@@ -21,6 +22,7 @@ from idap.recovery import recover
 from idap.schedule import channels_to_remove, prune_fraction
 from idap.state import SEED_FILTER, RunContext, StepRecord, within_budget
 from idap.surgery import (
+    SurgeryError,
     attention_modules,
     channel_floor,
     channel_groups,
@@ -30,10 +32,11 @@ from idap.surgery import (
 )
 
 
-def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int]):
+def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int],
+                   blocked: dict[str, str]):
     """Channels to remove this step, in rank order: a list of (group root name, channel index)."""
     cfg = ctx.recipe.filter
-    groups = channel_groups(model, dependency_graph(model, ctx.input_shape))
+    groups = [g for g in channel_groups(model, dependency_graph(model, ctx.input_shape)) if g.name not in blocked]
     per_layer = layer_macs(model, ctx.input_shape) if cfg.ranking == "score_per_mac" else None
     scores, owners, caps, prunable = [], [], {}, 0
     for g in groups:
@@ -123,6 +126,36 @@ def _capped(model: nn.Module, ctx: RunContext, channel_picks, head_picks, macs_t
     return [p for kind, p in picks[:lo] if kind == "c"], [p for kind, p in picks[:lo] if kind == "h"]
 
 
+def _probe(model: nn.Module, ctx: RunContext) -> None:
+    with torch.no_grad():
+        was = model.training
+        model.eval()
+        try:
+            model(torch.zeros(1, *ctx.input_shape, device=ctx.device))
+        finally:
+            model.train(was)
+
+
+def _unfollowable(model: nn.Module, ctx: RunContext, names: set[str], error: Exception) -> dict[str, str]:
+    """The groups among ``names`` whose pruning alone breaks the forward pass (a parameter or op the
+    dependency graph cannot follow uses their channels); each is named in a warning and left unpruned."""
+    bad = {}
+    for name in sorted(names):
+        trial = copy.deepcopy(model)
+        try:
+            prune_channels(trial, ctx.input_shape, {name: [0]})
+            _probe(trial, ctx)
+        except Exception as exc:  # whatever the model's own code raises on a narrower tensor
+            bad[name] = f"{type(exc).__name__}: {exc}"
+    if not bad:
+        raise SurgeryError(f"pruning channels of {sorted(names)} breaks the model's forward pass, but no single "
+                           f"group does: {type(error).__name__}: {error}")
+    for name, why in bad.items():
+        warnings.warn(f"{name}: left unpruned: Torch-Pruning's dependency graph cannot follow every use of its "
+                      f"channels (removing one gives {why})", stacklevel=3)
+    return bad
+
+
 def _pruned_copy(model: nn.Module, ctx: RunContext, channel_picks, head_picks) -> nn.Module:
     trial = copy.deepcopy(model)
     _apply(trial, ctx, channel_picks, head_picks)
@@ -166,23 +199,33 @@ def run_filter_stage(
         original.update({n: m.num_heads for n, m in attention_modules(dense).items()})
     calib_x, calib_y = ctx.calib
     model.to(ctx.device)
-    for t in range(start, cfg.steps):
+    blocked: dict[str, str] = {}  # groups whose channels some code the dependency graph cannot see uses
+    t = start
+    while t < cfg.steps:
         started = time.perf_counter()
         if ctx.target_reached(model, macs_target):
             _stop(ctx, model, t, started, f"{note}target reached")
             break
         imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + seed_offset + t,
                                           device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))
-        channel_picks = _plan_channels(model, ctx, imp, t, original)
+        channel_picks = _plan_channels(model, ctx, imp, t, original, blocked)
         head_picks = _plan_heads(model, ctx, imp, t, original)
-        if isinstance(imp, FlowImportance):
-            imp.consume()
         if not channel_picks and not head_picks:
+            if isinstance(imp, FlowImportance):
+                imp.consume()
             _stop(ctx, model, t, started, f"{note}nothing left to prune above the per-layer floors")
             break
-        channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
         snapshot = copy.deepcopy(model)
-        removed = _apply(model, ctx, channel_picks, head_picks)
+        try:
+            channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
+            removed = _apply(model, ctx, channel_picks, head_picks)
+            _probe(model, ctx)
+        except Exception as error:  # the model's own code fails on the narrower tensors
+            model = snapshot
+            blocked.update(_unfollowable(model, ctx, {n for n, _ in channel_picks}, error))
+            continue  # plan this step again without those groups (the scores are still prepared)
+        if isinstance(imp, FlowImportance):
+            imp.consume()
         model.zero_grad(set_to_none=True)
         teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
         given = ctx.take_recovery()
@@ -201,6 +244,7 @@ def run_filter_stage(
             break
         ctx.state.advance(stage, t=t + 1)
         ctx.save_point(model)
+        t += 1
     return model, ctx.state.trajectory[first:]
 
 
