@@ -1,4 +1,5 @@
-"""Pipeline step 2: the dense baseline, trained from scratch or imported from a bundle (path or s3:// URI)."""
+"""Pipeline step 2: the dense baseline, trained from scratch or imported from a bundle: a path, an s3:// URI or a
+registered version (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``: its bundle artifact, never its pyfunc)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -19,7 +20,7 @@ def train_baseline(
 ):
     """``base_model_uri`` "" trains ``model_name`` for ``epochs`` with the recipe's seed (as ``idap compress
     --model`` does); otherwise the bundle there is the baseline."""
-    from components import _artifacts, _storage, _tracking
+    from components import _artifacts, _sources, _tracking
     from idap.bundle import load_bundle
     from idap.cli import train_dense
     from idap.data import load_splits
@@ -31,7 +32,7 @@ def train_baseline(
     params = {"model": model_name, "epochs": epochs, "base_model_uri": base_model_uri}
     with _tracking.step_run(parent_run_id, "train_baseline", params=params) as t:
         if base_model_uri:
-            model = load_bundle(_storage.resolve_input(base_model_uri, settings.workdir))
+            model = load_bundle(_sources.resolve_model_source(base_model_uri, settings.workdir))
             _artifacts.check_fits(model, splits, base_model_uri)
             figures = evaluate_model(model, splits)
         else:

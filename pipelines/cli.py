@@ -24,7 +24,7 @@ import time
 import warnings
 from pathlib import Path
 
-from components import _registry, _storage, _tracking
+from components import _registry, _sources, _storage, _tracking
 from components._artifacts import effective_recipe, recipe_param
 from components._settings import SettingsError, load_settings
 from idap import cli as idap_cli
@@ -43,7 +43,7 @@ class PipelineError(ValueError):
 
 
 EDGE_ERRORS = (*idap_cli.USER_ERRORS, SettingsError, PipelineError, kfp_client.CronError, kfp_client.KfpError,
-               _tracking.TrackingError)
+               _tracking.TrackingError, _sources.SourceError)
 
 
 def log(msg: str) -> None:
@@ -299,6 +299,20 @@ def _quiet_loggers(verbose: bool) -> None:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """``idap import`` with remote sources: ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` (the registered
+    version's bundle artifact, never its pyfunc) and s3:// bundles or weights, downloaded into the work dir."""
+    from idap import importing
+
+    settings = load_settings()
+    if _sources.is_registry_uri(args.source_model) or _storage.is_s3(args.source_model):
+        args.source_origin = args.source_model
+        args.source_model = str(_sources.resolve_model_source(args.source_model, settings.workdir))
+    if args.weights and _storage.is_s3(args.weights):
+        args.weights = str(_storage.resolve_input(args.weights, settings.workdir))
+    return importing.cmd_import(args)
+
+
 def cmd_promote(args: argparse.Namespace) -> int:
     _tracking.configure()
     print(json.dumps(_registry.promote(args.name, args.version, force=args.force, reason=args.reason), indent=2))
@@ -439,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--promote-tolerance-pp", type=float, default=0.1,
                           help="with --register: test accuracy slack (pp) for the latency / macs objectives")
     compress.set_defaults(func=cmd_compress)
+
+    sub.choices["import"].set_defaults(func=cmd_import)  # adds models:/ and s3:// sources
 
     p = sub.add_parser("promote", help="alias a registered model version as champion (MLflow)")
     p.add_argument("--name", required=True, help="registered model name")

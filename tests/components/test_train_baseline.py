@@ -49,3 +49,16 @@ def test_base_model_for_other_classes_is_refused(chain, tmp_path):
                                    base_model_uri=str(tmp_path / "three"), recipe_json=chain.recipe_json,
                                    parent_run_id="", dense=dsl.Model(uri=str(tmp_path / "d")),
                                    metrics=dsl.Metrics(uri=str(tmp_path / "m")))
+
+
+def test_base_model_uri_from_the_registry(chain, tmp_path):
+    """models:/NAME/VERSION: the version the chain registered, read as its bundle artifact (never its pyfunc)."""
+    reg = chain.out["registration"]
+    uri = f"models:/{reg['name']}/{reg['version']}"
+    dense, metrics = dsl.Model(uri=str(tmp_path / "dense")), dsl.Metrics(uri=str(tmp_path / "metrics"))
+    train_baseline.python_func(data=chain.out["data"], model_name="ignored", epochs=99.0, base_model_uri=uri,
+                               recipe_json=chain.recipe_json, parent_run_id="", dense=dense, metrics=metrics)
+    splits = load_splits(chain.out["data"].path)
+    registered, imported = load_bundle(chain.out["final"].path), load_bundle(dense.path)
+    assert torch.equal(registered(splits.val_x), imported(splits.val_x))
+    assert json.loads((tmp_path / "dense" / "metadata.json").read_text())["source"] == uri

@@ -1,0 +1,118 @@
+"""Where a base model comes from, resolved at the edge: a local path, an s3:// object or prefix, or a model
+version in the MLflow registry (``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``).
+
+A registered version's *bundle artifact* is downloaded (``mlflow.artifacts.download_artifacts``) and handed
+to ``idap.bundle.load_bundle`` like any bundle; the version is never loaded through MLflow's pyfunc, which
+would run the logged model's code file. Downloads are cached under ``<workdir>/registry-cache/NAME/VERSION``
+(a version's artifacts never change) and staged, then renamed, so a reader never sees half a bundle.
+
+Example:
+    >>> resolve_model_source("models:/cnn-digits@champion", ".idap")   # doctest: +SKIP
+    PosixPath('.idap/registry-cache/cnn-digits/3/bundle')
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from components import _storage
+
+__all__ = ["SourceError", "is_registry_uri", "parse_registry_uri", "registered_bundle", "resolve_model_source"]
+
+REGISTRY_PREFIX = "models:/"
+CACHE_DIR = "registry-cache"
+BUNDLE_ARTIFACT = "bundle"  # components._registry logs the bundle as the pyfunc's artifact "bundle"
+_NAME = re.compile(r"^[^/@]+$")
+
+
+class SourceError(ValueError):
+    """A model source cannot be resolved; the message names it and what would be valid."""
+
+
+def is_registry_uri(uri: str | os.PathLike) -> bool:
+    return isinstance(uri, str) and uri.startswith(REGISTRY_PREFIX)
+
+
+def parse_registry_uri(uri: str) -> tuple[str, str | None, str | None]:
+    """``models:/name/3`` -> ``("name", "3", None)``; ``models:/name@champion`` -> ``("name", None, "champion")``."""
+    ref = uri[len(REGISTRY_PREFIX):] if is_registry_uri(uri) else ""
+    if "@" in ref:
+        name, _, alias = ref.partition("@")
+        if _NAME.match(name) and alias and "/" not in alias:
+            return name, None, alias
+    else:
+        name, _, version = ref.rpartition("/")
+        if name and _NAME.match(name) and version.isdigit():
+            return name, version, None
+    raise SourceError(f"{uri!r} is not a registry model URI; expected models:/NAME/VERSION or models:/NAME@ALIAS")
+
+
+def registered_bundle(uri: str, workdir: str | os.PathLike) -> Path:
+    """Download the bundle of a registered version (cached) and return its local directory."""
+    from mlflow.exceptions import MlflowException
+
+    from components._tracking import _client, configure
+
+    name, version, alias = parse_registry_uri(uri)
+    settings = configure()
+    client = _client(settings)
+    try:
+        mv = client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, version)
+    except MlflowException as error:
+        raise SourceError(f"{uri}: no such registered model version in {settings.tracking_uri} "
+                          f"({error.error_code}: {str(error).splitlines()[0]})") from None
+    dest = Path(workdir) / CACHE_DIR / name / str(mv.version)
+    bundle = dest / BUNDLE_ARTIFACT
+    if (bundle / "architecture.json").is_file():
+        return bundle
+    import mlflow
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{mv.version}-", dir=dest.parent))
+    try:
+        try:
+            # Only the bundle artifact: the model's code file and environment are not needed to rebuild it.
+            where = _bundle_path(name, mv.version, staging)
+            found = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{mv.version}/{where}",
+                                                             dst_path=str(staging / "bundle-download")))
+        except MlflowException as error:
+            raise SourceError(f"{uri} (version {mv.version}) holds no '{BUNDLE_ARTIFACT}' artifact: it was not "
+                              f"registered by idap ({str(error).splitlines()[0]})") from None
+        if not (found / "architecture.json").is_file():
+            raise SourceError(f"{uri} (version {mv.version}): the '{BUNDLE_ARTIFACT}' artifact is not an idap bundle")
+        dest.mkdir(parents=True, exist_ok=True)
+        try:
+            found.rename(bundle)
+        except OSError:  # another process put it there first
+            if not (bundle / "architecture.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return bundle
+
+
+def _bundle_path(name: str, version: str, staging: Path) -> str:
+    """Where the logged model keeps its ``bundle`` artifact, from its MLmodel file (YAML, read as data)."""
+    import mlflow
+    import yaml
+
+    mlmodel = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}/MLmodel",
+                                                       dst_path=str(staging / "mlmodel")))
+    flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+    path = str(((flavor.get("artifacts") or {}).get(BUNDLE_ARTIFACT) or {}).get("path") or "")
+    if not path or path.startswith("/") or ".." in Path(path).parts:
+        raise SourceError(f"models:/{name}/{version} has no '{BUNDLE_ARTIFACT}' artifact in its MLmodel: it was not "
+                          "registered by idap")
+    return path
+
+
+def resolve_model_source(uri: str | os.PathLike, workdir: str | os.PathLike) -> Path:
+    """A local path for a model source: registry URIs and s3:// are downloaded (cached), paths returned as is."""
+    text = os.fspath(uri)
+    if is_registry_uri(text):
+        return registered_bundle(text, workdir)
+    return _storage.resolve_input(text, workdir)
