@@ -8,7 +8,7 @@
   after every pruning step; the base recipe is always the first trial (``points_to_evaluate``).
 * Objectives. ``constrained``: maximize the MACs (or params) reduction subject to the accuracy budget on
   validation; a trial over budget scores 0 (infeasible) and never wins; ASHA stops trials that fall behind
-  at a rung of pruning steps. ``multi``: validation accuracy vs reduction with Optuna's multi-objective
+  at a rung of pruning steps (never the default recipe's trial: :class:`SparingASHA`). ``multi``: validation accuracy vs reduction with Optuna's multi-objective
   sampler and *no* scheduler (a stopped trial would enter the front with partial values); the Pareto
   front is computed here from the completed trials. ``reduction: speedup`` searches on MACs and picks,
   among the feasible front, the model measured fastest after the search.
@@ -44,6 +44,7 @@ from typing import Any
 
 import yaml
 from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
 from components._settings import telemetry_off
 from idap.config import ConfigError, Recipe
@@ -472,6 +473,22 @@ def _trial_error(trial) -> str:
     return "the trial raised (see its error.txt in the experiment directory)"
 
 
+class SparingASHA(ASHAScheduler):
+    """ASHA that never stops the default recipe's trial: it is the baseline a search must not end below, so
+    it always runs to its final model (its results still set the rungs the other trials are cut at)."""
+
+    def __init__(self, *, spared: dict, **kwargs):
+        super().__init__(**kwargs)
+        self.spared = spared
+
+    def on_trial_result(self, tune_controller, trial, result):
+        action = super().on_trial_result(tune_controller, trial, result)
+        if action == TrialScheduler.STOP and {p: trial.config.get(p) for p in self.spared} == self.spared:
+            self._num_stopped -= 1
+            return TrialScheduler.CONTINUE
+        return action
+
+
 # ---- Ray ---------------------------------------------------------------------------------------
 def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
     """Start (or attach to) Ray; returns True when this call started it (the caller shuts it down).
@@ -527,6 +544,13 @@ def read_state(experiment_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise SearchError(f"{experiment_dir} holds no search to resume (no {STATE_FILE}); start one without --resume")
     return json.loads(path.read_text())
+
+
+def check_new_experiment(experiment_dir: str | os.PathLike) -> None:
+    """A new search may not start where one already is (it would mix two searches' trials)."""
+    if (Path(experiment_dir) / STATE_FILE).is_file():
+        raise SearchError(f"{Path(experiment_dir).absolute()} already holds a search: resume it (--resume) or "
+                          "choose another --experiment-dir")
 
 
 def run_search(
@@ -589,8 +613,8 @@ def run_search(
         if not tune.Tuner.can_restore(str(exp_dir)):
             raise SearchError(f"{exp_dir} holds no Tune experiment state to resume from")
         search_run_id = state["search_run_id"]
-    elif state_path.is_file():
-        raise SearchError(f"{exp_dir} already holds a search: resume it (--resume) or choose another --experiment-dir")
+    else:
+        check_new_experiment(exp_dir)
     if space.reduction == "speedup" and not measure_latency:
         raise SearchSpaceError("reduction speedup picks the winner by measured latency: do not switch latency off")
 
@@ -639,7 +663,6 @@ def _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run,
             cpus_per_trial, max_concurrent, seed, measure_latency, grace_period, reduction_factor, extra_points,
             compress_fn, callbacks, budget, started) -> SearchResult:
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
 
     from idap.metrics import accuracy, count_macs, count_params
@@ -664,7 +687,7 @@ def _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run,
         else:
             tuner = tune.Tuner(trainable, param_space=space.param_space(),
                                tune_config=_tune_config(space, base, seed, max_concurrent, grace_period,
-                                                        reduction_factor, extra_points, ASHAScheduler, OptunaSearch),
+                                                        reduction_factor, extra_points, OptunaSearch),
                                run_config=tune.RunConfig(
                                    name=exp_dir.name, storage_path=str(exp_dir.parent), callbacks=[runs, *callbacks],
                                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
@@ -730,7 +753,7 @@ def held_to_budget(recipe: Recipe, budget_pp: float) -> Recipe:
     return recipe.replace(max_accuracy_drop=float(budget_pp), stage_slack=float(stage - budget_pp))
 
 
-def _tune_config(space, base, seed, max_concurrent, grace_period, reduction_factor, extra_points, asha, optuna_search):
+def _tune_config(space, base, seed, max_concurrent, grace_period, reduction_factor, extra_points, optuna_search):
     import optuna
     from ray import tune
 
@@ -746,8 +769,8 @@ def _tune_config(space, base, seed, max_concurrent, grace_period, reduction_fact
                                max_concurrent_trials=max_concurrent or None)
     search = optuna_search(metric="score", mode="max", points_to_evaluate=points, sampler=sampler)
     # One time unit = one pruning step; max_t only bounds the rungs (a trial never reports this often).
-    scheduler = asha(time_attr="training_iteration", max_t=4096, grace_period=grace_period,
-                     reduction_factor=reduction_factor)
+    scheduler = SparingASHA(spared=space.default_point(base), time_attr="training_iteration", max_t=4096,
+                            grace_period=grace_period, reduction_factor=reduction_factor)
     return tune.TuneConfig(metric="score", mode="max", search_alg=search, scheduler=scheduler,
                            num_samples=space.num_samples, reuse_actors=True,
                            max_concurrent_trials=max_concurrent or None)

@@ -133,6 +133,20 @@ def test_a_trial_over_budget_scores_infeasible_and_never_wins():
     assert _tune._select(space, [], trials[:1]) is None
 
 
+def test_asha_never_stops_the_default_recipe():
+    from types import SimpleNamespace
+
+    asha = _tune.SparingASHA(spared={"filter.p0": 0.05}, time_attr="training_iteration", metric="score", mode="max",
+                             max_t=100, grace_period=1, reduction_factor=2)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"filter.p0": p}) for i, p in enumerate([0.3, 0.05, 0.02])]
+    for t in trials:
+        asha.on_trial_add(None, t)
+    decisions = [asha.on_trial_result(None, t, {"training_iteration": 1, "score": score})
+                 for t, score in zip(trials, [3.0, 1.0, 1.1], strict=True)]
+    # both later trials fall below the rung's cutoff; only the one that is not the default is stopped
+    assert decisions == ["CONTINUE", "CONTINUE", "STOP"]
+
+
 def test_a_searched_delta_above_the_budget_becomes_stage_slack():
     recipe = Recipe(max_accuracy_drop=2.5, stage_slack=0.5)
     held = _tune.held_to_budget(recipe, 1.0)
@@ -326,3 +340,24 @@ def test_multi_objective_front_and_an_interrupted_search_resumes(tracking_env, r
         beaten = any(all(q[k] >= p[k] for k in keys) and any(q[k] > p[k] for k in keys) for q in trials)
         assert (p in front) != beaten, p
     assert printed["winner"]["trial_id"] in result["front"]
+
+
+@slow
+def test_idap_tune_trains_a_dense_model_and_prints_the_winner(tracking_env, ray_session, dense_setup, tmp_path, capsys):
+    """`idap tune --smoke-test` end to end through the console script: 2 trials, the dense model trained first
+    and kept in the experiment directory, the winner and its recipe file printed."""
+    from pipelines.cli import main
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    exp = tmp_path / "smoke"
+    assert main(["tune", "--dataset", "digits", "--model", "cnn_small", "--train-epochs", "2",
+                 "--recipe", str(dense_setup["recipe_file"]), "--search-space", str(tmp_path / "space.yaml"),
+                 "--smoke-test", "--no-latency", "--max-concurrent", "1", "--experiment-dir", str(exp)]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["trials"] == {"complete": 2, "stopped": 0, "failed": 0} or sum(printed["trials"].values()) == 2
+    assert Recipe.from_yaml(printed["best_recipe"]).filter.steps == TINY["filter"]["steps"]
+    state = _tune.read_state(exp)
+    assert state["sources"]["model_dir"] == str((exp / "dense").absolute()) and (exp / "dense" / "architecture.json").is_file()
+    assert state["sources"]["train_limit"] == 512  # --smoke-test shrinks the data too
+    assert main(["tune", "--dataset", "digits", "--experiment-dir", str(exp)]) == 2  # a second search there: refused
+    assert "already holds a search" in capsys.readouterr().err
