@@ -181,6 +181,8 @@ def _error(uri: str, action: str, error: Exception) -> StorageError:
             "InvalidAccessKeyId": "the S3 credentials were rejected (unknown access key id)",
             "SignatureDoesNotMatch": "the S3 credentials were rejected (wrong secret key)",
             "ExpiredToken": "the S3 credentials have expired",
+            "SlowDown": (f"S3 throttled the request (503 SlowDown) on all {_max_attempts()} attempts; retry later or "
+                         "raise AWS_MAX_ATTEMPTS (botocore's standard mode backs off between attempts)"),
         }.get(code, f"S3 answered {status} {code}: {error.response.get('Error', {}).get('Message', '')}".strip())
     else:
         why = f"{type(error).__name__}: {error}"
