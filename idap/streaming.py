@@ -225,6 +225,10 @@ class StreamedSplit:
         xs = [x for x, _ in sub.batches(256)]
         return torch.cat(xs), self.labels[:n].clone()
 
+    def is_floating_point(self) -> bool:
+        """False: tensor-content checks (NaN/Inf) do not apply; decoded 8-bit pixels are finite by construction."""
+        return False
+
     def __getitem__(self, key):
         if isinstance(key, slice) and key.step in (None, 1) and (key.start or 0) == 0:
             return self.tensors(len(range(*key.indices(len(self)))))[0]
