@@ -16,9 +16,17 @@ from types import MappingProxyType
 from typing import Any
 
 from idap.config import Recipe
+from idap.divergence import list_block_scores
+from idap.importance import list_importances
 
 AXES = ("macs", "blocks", "control")
-TORCH_PRUNING = ("l1", "taylor", "lamp", "fpgm", "random")
+# The peers' criteria are every registered importance but IDAP++'s own (the registry is the one list).
+TORCH_PRUNING = tuple(name for name in list_importances() if name != "idap")
+# Depth criteria compared at equal depth: every registered block score but the authors' channel_mean
+# variant (a parity option of the library, not a peer).
+_DEPTH_LABELS = {"divergence": "blocks: IDAP++ flow divergence", "block_influence": "blocks: ShortGPT block influence",
+                 "random": "blocks: random"}
+DEPTH = tuple(name for name in list_block_scores() if name != "channel_mean")
 
 
 @dataclass(frozen=True)
@@ -69,9 +77,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("idap++-stage1", "IDAP++ stage 1 only", "idap", "macs", {"layer.enabled": False}),
     *(_width(c) for c in TORCH_PRUNING),
     *(_width(c, "score_per_mac") for c in ("l1", "taylor")),
-    _depth("divergence", "blocks: IDAP++ flow divergence"),
-    _depth("block_influence", "blocks: ShortGPT block influence"),
-    _depth("random", "blocks: random"),
+    *(_depth(score, _DEPTH_LABELS.get(score, f"blocks: {score}")) for score in DEPTH),
     Method("idap++-pre", "IDAP++, score_point=pre (parity)", "ablation", "macs", {"filter.score_point": "pre"},
            ablates=("filter.score_point", "post", "pre")),
     Method("idap++-previous-teacher", "IDAP++, recovery.teacher=previous (parity)", "ablation", "macs",

@@ -61,7 +61,7 @@ class FilterStageConfig:
     """Stage 1: iterative, globally ranked channel pruning (spec §2)."""
 
     enabled: bool = True
-    importance: str = "idap"  # idap | l1 | taylor | lamp | fpgm | random
+    importance: str = "idap"  # a registered criterion (idap.importance.list_importances): idap, l1, taylor, ...
     p0: float = 0.05  # first step's fraction of the prunable channels
     steps: int = 20  # T, the schedule's length
     alpha: float = 1.5  # p_t = p0 * (1 + t/T) ** alpha
@@ -86,7 +86,9 @@ class FilterStageConfig:
     def __post_init__(self):
         _check_types(self, "filter.")
         _one_of("filter.ranking", self.ranking, ("score", "score_per_mac"))
-        _one_of("filter.importance", self.importance, ("idap", "l1", "taylor", "lamp", "fpgm", "random"))
+        from idap.importance import list_importances  # the registry, so a registered criterion is valid here
+
+        _one_of("filter.importance", self.importance, tuple(list_importances()))
         _check(0 < self.p0 < 1, "filter.p0", "in (0, 1)", self.p0)
         _check(isinstance(self.steps, int) and 1 <= self.steps <= 1000, "filter.steps", "an integer in [1, 1000]", self.steps)
         _check(0 <= self.alpha <= 10, "filter.alpha", "in [0, 10]", self.alpha)
@@ -100,7 +102,7 @@ class LayerStageConfig:
     """Stage 2: flow-guided removal of whole shape-preserving blocks (spec §3)."""
 
     enabled: bool = True
-    block_score: str = "divergence"  # divergence | channel_mean | block_influence | random
+    block_score: str = "divergence"  # a registered block score (idap.divergence.list_block_scores)
     max_removals: int = 5  # K
     epsilon: float = 0.5  # max accuracy drop (pp) since stage 2 began, per accepted block
     exact_removals: bool = False  # benchmark mode: remove exactly max_removals blocks, no accept/revert test
@@ -114,7 +116,9 @@ class LayerStageConfig:
     def __post_init__(self):
         _check_types(self, "layer.")
         _one_of("layer.overshoot", self.overshoot, ("skip", "stop"))
-        _one_of("layer.block_score", self.block_score, ("divergence", "channel_mean", "block_influence", "random"))
+        from idap.divergence import list_block_scores
+
+        _one_of("layer.block_score", self.block_score, tuple(list_block_scores()))
         _check(isinstance(self.max_removals, int) and 0 <= self.max_removals <= 1000, "layer.max_removals", "an integer in [0, 1000]", self.max_removals)
         _check(0 <= self.epsilon <= 100, "layer.epsilon", "in [0, 100] percentage points", self.epsilon)
         _check(0 <= self.target_share < 1, "layer.target_share", "in [0, 1)", self.target_share)

@@ -10,7 +10,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
@@ -18,7 +18,6 @@ from torch import Tensor, nn
 
 from idap.activations import forward_hooks
 
-BLOCK_METRICS = ("divergence", "block_influence", "channel_mean", "random")
 EPS = 1e-8
 
 
@@ -139,6 +138,66 @@ class FlowProfile:
         )
 
 
+# --- block scores: a registry, like the channel criteria of idap.importance -------------------------------
+
+
+@dataclass(frozen=True)
+class BlockScore:
+    """How stage 2 scores a candidate block (lower = removed first).
+
+    Exactly one of: ``pair(x, y)``, one score per sample from the block's input and output, averaged over
+    the calibration pass; or ``derive(profile, blocks, seed)``, scores computed from the finished profile.
+    """
+
+    pair: Callable[[Tensor, Tensor], Tensor] | None = None
+    derive: Callable[[FlowProfile, list[str], int], dict[str, float]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.pair is None) == (self.derive is None):
+            raise ValueError("a BlockScore needs exactly one of pair= or derive=")
+
+
+_BLOCK_SCORES: dict[str, BlockScore] = {}
+
+
+def register_block_score(name: str, score: BlockScore) -> BlockScore:
+    """Make ``score`` available as ``layer.block_score: <name>`` in recipes."""
+    if name in _BLOCK_SCORES:
+        raise ValueError(f"block score {name!r} is already registered")
+    _BLOCK_SCORES[name] = score
+    return score
+
+
+def list_block_scores() -> list[str]:
+    return sorted(_BLOCK_SCORES)
+
+
+def get_block_score(name: str, what: str = "block score") -> BlockScore:
+    if name not in _BLOCK_SCORES:
+        raise ValueError(f"unknown {what} {name!r}; valid: {list_block_scores()}")
+    return _BLOCK_SCORES[name]
+
+
+def _channel_mean(profile: FlowProfile, blocks: list[str], seed: int) -> dict[str, float]:
+    """The authors' code: the mean of the channel scores inside the block."""
+    out = {}
+    for b in blocks:
+        inner = [s.mean() for n, s in profile.channel.items() if n.startswith(b + ".")]
+        out[b] = float(torch.stack(inner).mean()) if inner else 0.0
+    return out
+
+
+def _random_blocks(profile: FlowProfile, blocks: list[str], seed: int) -> dict[str, float]:
+    gen = torch.Generator().manual_seed(seed)
+    return {b: float(v) for b, v in zip(blocks, torch.rand(len(blocks), generator=gen), strict=True)}
+
+
+register_block_score("divergence", BlockScore(pair=block_divergence))  # IDAP++ D(f)
+register_block_score("block_influence", BlockScore(pair=block_influence))  # ShortGPT's BI
+register_block_score("channel_mean", BlockScore(derive=_channel_mean))
+register_block_score("random", BlockScore(derive=_random_blocks))
+
+
 @torch.no_grad()
 def flow_profile(
     model: nn.Module,
@@ -156,12 +215,12 @@ def flow_profile(
 
     Args:
         blocks: names of shape-preserving blocks to score (stage 2 candidates).
-        block_metric: divergence (IDAP++), block_influence (ShortGPT), channel_mean (authors' code), random.
+        block_metric: a registered block score (``list_block_scores()``): divergence (IDAP++), block_influence
+            (ShortGPT), channel_mean (authors' code), random.
         point: "pre" scores ReLU(raw conv/linear output) (parity); "post" the following norm's output.
         score_pointwise: when False, 1x1 convs score 0 (the authors' code never scored them).
     """
-    if block_metric not in BLOCK_METRICS:
-        raise ValueError(f"block_metric must be one of {list(BLOCK_METRICS)}, got {block_metric!r}")
+    block_score = get_block_score(block_metric, what="block_metric")
     if point not in ("pre", "post"):
         raise ValueError(f"point must be 'pre' or 'post', got {point!r}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -198,10 +257,9 @@ def flow_profile(
             tokens = per_head.shape[2]
             s = per_head.float().flatten(2).norm(dim=2).sum(dim=0) / tokens
             head_sums[name] = head_sums.get(name, 0) + s
-        if name in block_sums and block_metric in ("divergence", "block_influence"):
+        if name in block_sums and block_score.pair is not None:
             y = output[0] if isinstance(output, tuple) else output
-            fn = block_divergence if block_metric == "divergence" else block_influence
-            block_sums[name] += float(fn(inputs[0], y).sum())
+            block_sums[name] += float(block_score.pair(inputs[0], y).sum())
 
     hooked = set(by_observed) | set(attention) | set(blocks)
     was_training = model.training
@@ -230,13 +288,8 @@ def flow_profile(
         if name in head_sums:
             w = _head_weight_norms(m.q_proj.weight, m.k_proj.weight, m.v_proj.weight, m.num_heads)
             profile.heads[name] = head_sums[name].cpu() / total * w
-    if block_metric in ("divergence", "block_influence"):
+    if block_score.pair is not None:
         profile.blocks = {b: v / total for b, v in block_sums.items()}
-    elif block_metric == "channel_mean":
-        for b in blocks:
-            inner = [s.mean() for n, s in profile.channel.items() if n.startswith(b + ".")]
-            profile.blocks[b] = float(torch.stack(inner).mean()) if inner else 0.0
     else:
-        gen = torch.Generator().manual_seed(seed)
-        profile.blocks = {b: float(v) for b, v in zip(blocks, torch.rand(len(blocks), generator=gen), strict=True)}
+        profile.blocks = block_score.derive(profile, blocks, seed)
     return profile

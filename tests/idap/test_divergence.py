@@ -138,3 +138,32 @@ def test_channels_last_blocks_score_one_value_per_channel(point):
     for name, s in p.channel.items():
         layer = named[name]
         assert s.numel() == getattr(layer, "out_channels", getattr(layer, "out_features", None)), name
+
+
+def test_a_registered_block_score_is_usable_from_a_recipe(monkeypatch):
+    from idap import divergence
+    from idap.config import ConfigError, Recipe
+
+    monkeypatch.setattr(divergence, "_BLOCK_SCORES", dict(divergence._BLOCK_SCORES))
+    with pytest.raises(ConfigError, match=r"layer.block_score must be one of \[.*'divergence'.*got 'output_norm'"):
+        Recipe.from_dict({"layer": {"block_score": "output_norm"}})
+    divergence.register_block_score("output_norm", divergence.BlockScore(pair=lambda x, y: y.flatten(1).norm(dim=1)))
+    assert Recipe.from_dict({"layer": {"block_score": "output_norm"}}).layer.block_score == "output_norm"
+    m = TwoConv().eval()
+    scores = flow_profile(m, torch.randn(4, 1, 3, 3), blocks=["block"], block_metric="output_norm").blocks
+    assert scores["block"] > 0
+    with pytest.raises(ValueError, match="already registered"):
+        divergence.register_block_score("output_norm", divergence.BlockScore(pair=lambda x, y: y.sum()))
+    with pytest.raises(ValueError, match="exactly one"):
+        divergence.BlockScore()
+
+
+def test_a_registered_importance_is_usable_from_a_recipe(monkeypatch):
+    from idap import importance
+    from idap.config import ConfigError, Recipe
+
+    monkeypatch.setattr(importance, "_REGISTRY", dict(importance._REGISTRY))
+    with pytest.raises(ConfigError, match="filter.importance must be one of"):
+        Recipe.from_dict({"filter": {"importance": "my_l2"}})
+    importance.register_importance("my_l2")(type("MyL2", (importance.L1Importance,), {}))
+    assert Recipe.from_dict({"filter": {"importance": "my_l2"}}).filter.importance == "my_l2"
