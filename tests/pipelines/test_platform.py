@@ -279,3 +279,20 @@ def test_without_retries_copies_the_pipeline(compiled):
     assert local.pipeline_spec.root.dag.tasks["finetune"].component_ref == \
         compress_pipeline.pipeline_spec.root.dag.tasks["finetune"].component_ref
     assert compress_pipeline.pipeline_spec.root.dag.tasks["finetune"].retry_policy.max_retry_count == 2  # untouched
+
+
+def test_the_tune_pipeline_is_configured_the_same_way(tmp_path):
+    """Every task of the tune pipeline gets the same environment; only register-model and the search (a new
+    attempt would start the search over) go without retries."""
+    code = ("import sys; from kfp import compiler; from pipelines.tune import tune_pipeline; "
+            "compiler.Compiler().compile(tune_pipeline, sys.argv[1])")
+    path = tmp_path / "tune.yaml"
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True, capture_output=True, timeout=300)
+    spec, platform = yaml.safe_load_all(path.read_text())
+    tasks = spec["root"]["dag"]["tasks"]
+    assert "search-compression" in tasks and "register-model" in tasks
+    for task in tasks:
+        assert set(env_sources(kubernetes_config(spec, platform, task))) == STEP_ENV, task
+        resources = spec["deploymentSpec"]["executors"][executor_of(spec, task)]["container"]["resources"]
+        assert {"resourceCpuLimit", "resourceMemoryLimit"} <= set(resources), task
+        assert ("retryPolicy" in tasks[task]) is (task not in ("register-model", "search-compression")), task
