@@ -57,6 +57,9 @@ KEY_RECIPE_PARAMS = ("seed", "max_accuracy_drop", "target_macs_reduction", "targ
                      "recovery.final_budget", "recovery.teacher")
 HTTP_BACKOFF_FACTOR = "1"  # seconds: 1, 2, 4 ... between retries of a failing server
 LOCK_TIMEOUT_S = 600
+# The MLflow UI opens an experiment of this kind on its runs table (training runs), not on the GenAI
+# traces overview it picks for experiments of no declared kind.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PARAMS_PER_BATCH = 100
 _MAX_PARAM_CHARS = 6000
 _MAX_TAG_CHARS = 5000
@@ -111,7 +114,8 @@ def _experiment_id(settings: Settings) -> str:
         experiment = client.get_experiment_by_name(settings.experiment)
         if experiment is None:
             try:
-                experiment_id = client.create_experiment(settings.experiment, artifact_location=_artifact_location(settings))
+                experiment_id = client.create_experiment(settings.experiment, artifact_location=_artifact_location(settings),
+                                                         tags=EXPERIMENT_TAGS)
             except MlflowException as error:  # created meanwhile by a concurrent step
                 experiment = client.get_experiment_by_name(settings.experiment)
                 if experiment is None:
@@ -122,6 +126,9 @@ def _experiment_id(settings: Settings) -> str:
                                 "(mlflow experiments restore) or set IDAP_EXPERIMENT to another name")
         else:
             experiment_id = experiment.experiment_id
+            for tag, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
+                if experiment.tags.get(tag) is None:
+                    client.set_experiment_tag(experiment_id, tag, value)
     _experiments[key] = experiment_id
     return experiment_id
 
@@ -391,7 +398,7 @@ class StepTracker:
         self._index = 0
 
     def on_step(self, rec) -> None:
-        """An ``idap.steps.StepRecord`` as metrics ``params``, ``macs``, ``val_acc``, ``stage`` (code:
+        """An ``idap.state.StepRecord`` as metrics ``params``, ``macs``, ``val_acc``, ``stage`` (code:
         dense 0, filter 1, layer 2, finetune 3) and ``accepted``, at a running step index."""
         from mlflow.entities import Metric
 

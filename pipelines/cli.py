@@ -10,6 +10,12 @@ commands::
     idap pipeline schedule [compress] --host URL --cron EXPR [--max-concurrency N] [--name NAME] ...
 
 User errors end with one line naming the problem and exit code 2.
+
+Console output: ``idap pipeline run`` shows one line per step and a summary table, the full logs going to
+a file under ``$IDAP_WORKDIR/logs`` (``pipelines.console``); ``--quiet`` drops the live progress line,
+``--verbose`` shows everything. ``idap compress`` prints its steps and the summary table, ``--quiet``
+without progress bars, ``--verbose`` with MLflow's own log lines. Every long-running command (``idap
+tune`` too) takes the same ``--quiet`` / ``--verbose`` pair with these meanings.
 """
 
 import argparse

@@ -149,6 +149,7 @@ def test_configure_embedded_default(workdir, client):
     assert settings.tracking_uri == f"sqlite:///{workdir / 'mlflow.db'}" == mlflow.get_tracking_uri()
     experiment = client.get_experiment_by_name("idap")
     assert experiment.artifact_location == (workdir / "mlartifacts").as_uri()
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs table
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30" and os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "3"
 

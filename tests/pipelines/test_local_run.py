@@ -14,7 +14,8 @@ import yaml
 
 from components._artifacts import read_json
 from idap.bundle import load_bundle
-from idap.cli import build_parser, run_compress, train_dense
+from idap.baseline import train_dense
+from idap.cli import build_parser, run_compress
 from idap.data import load_splits
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,7 @@ def run(tmp_path_factory):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     printed = dict(re.findall(r"^([a-z][A-Za-z ()]+): (.+)$", proc.stdout, flags=re.M))
     pipeline_root = Path(printed["all step outputs"])
-    return {"root": root, "env": env, "stdout": proc.stdout, "printed": printed,
+    return {"root": root, "env": env, "stdout": proc.stdout, "stderr": proc.stderr, "printed": printed,
             "model": Path(printed["compressed model (bundle)"]), "report_md": Path(printed["report"]),
             "dense": next(pipeline_root.glob("*/train-baseline/dense")),
             "data": next(pipeline_root.glob("*/prepare-data/data")),
@@ -57,10 +58,15 @@ def test_outputs_and_progress(run):
     assert model(splits.test_x[:4]).shape == (4, 10)
     text = run["report_md"].read_text()
     assert text.startswith("# IDAP++ compression report") and "](data:image/png;base64," in text
-    for task in ("prepare-data", "train-baseline", "score-divergence", "prune-filters", "prune-layers", "finetune",
-                 "evaluate", "register-model"):
-        assert f"Executing task '{task}'" in re.sub(r"\x1b\[[0-9;]*m", "", run["stdout"])
-    assert "[finetune 0] finetune" in run["stdout"]  # the steps' own progress lines reach the user
+    tasks = ("prepare-data", "train-baseline", "score-divergence", "prune-filters", "prune-layers", "finetune",
+             "evaluate", "register-model")
+    console = run["stdout"] + run["stderr"]
+    for i, task in enumerate(tasks, 1):  # one line per step, in order, instead of kfp's executor dumps
+        assert re.search(rf"^\[{i}/8\] {task} +ok ", console, flags=re.M), console
+    assert "executor_input" not in console and len(console.splitlines()) < 60
+    assert "  MACs " in run["stdout"] and "stage 2 removed nothing" in run["stdout"]  # the summary table
+    log = Path(run["printed"]["full log"]).read_text()  # everything else is in the log file
+    assert "Got executor_input" in log and "[finetune 0] finetune" in log
     assert run["printed"]["tracking UI"] == f"mlflow ui --backend-store-uri {run['env']['MLFLOW_TRACKING_URI']}"
 
 
