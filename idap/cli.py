@@ -11,13 +11,13 @@ import argparse
 import json
 import shutil
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from idap.atomic import replace_directory, staged_directory
+from idap.baseline import train_dense
 from idap.bundle import BundleError, export_onnx, load_bundle, read_bundle_info, save_bundle
 from idap.checkpoint import CheckpointMismatch
 from idap.checks import check_data, check_model_fits
@@ -25,8 +25,7 @@ from idap.compress import CompressionResult, compress
 from idap.config import ConfigError, Recipe
 from idap.data import DataError, fetch_dataset, list_datasets, load_dataset
 from idap.metrics import resolve_device
-from idap.models import TRUST_ENV, ModelError, create_model, list_models, trust_modules
-from idap.recovery import train
+from idap.models import TRUST_ENV, ModelError, list_models, trust_modules
 from idap.report import compression_report, evaluate_model, write_report
 from idap.state import StepRecord
 from idap.surgery import SurgeryError
@@ -92,21 +91,6 @@ def cmd_data(args: argparse.Namespace) -> int:
     data = load_dataset(args.name, root=args.data_root)
     print(json.dumps({"path": str(path), **data.describe()}, indent=2))
     return 0
-
-
-def train_dense(model_name: str, data, *, epochs: float, seed: int, device: str = "auto", lr: float = 0.05,
-                batch_size: int = 128, progress: bool = True):
-    """Train a dense baseline from random init; returns (model, metrics)."""
-    torch.manual_seed(seed)
-    model = create_model(model_name, data.num_classes, data.in_channels, data.image_size)
-    dev = resolve_device(device)
-    started = time.perf_counter()
-    train(model, data.train_x, data.train_y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
-          progress=progress)
-    metrics = evaluate_model(model, data, device=dev)
-    metrics.update({"epochs": epochs, "seed": seed, "train_seconds": round(time.perf_counter() - started, 1),
-                    "dataset": data.describe()})
-    return model.cpu().eval(), metrics
 
 
 def cmd_train(args: argparse.Namespace) -> int:
