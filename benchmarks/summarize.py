@@ -277,6 +277,25 @@ def _where(payload: dict) -> list[tuple[str, str]]:
     return out
 
 
+def published_lines(preset: dict, rows: list[dict], dense: dict) -> list[str]:
+    """Published figures for the preset's setting (``preset.extra["published"]``) beside ours at that target."""
+    pub = (preset.get("extra") or {}).get("published")
+    if not pub:
+        return []
+    lines = ["", f"## Beside published figures ({pub['source']})", "", pub["caveat"], "",
+             "| method | dense test acc (%) | compressed test acc (%) | drop (pp) | MACs ×fewer |",
+             "|---|---:|---:|---:|---:|"]
+    for row in pub["rows"]:
+        lines.append(f"| {row['method']} — published | {pub['dense']:.2f} | {row['acc']:.2f} | "
+                     f"{row['acc'] - pub['dense']:+.2f} | {row['macs_reduction']:.2f} |")
+    for method in pub.get("ours", ()):
+        r = _row(rows, method, pub["target"])
+        if r is not None:
+            lines.append(f"| {r['label']} — this run | {dense['test_acc']:.2f} | {_acc(r):.2f} | "
+                         f"{_acc(r) - dense['test_acc']:+.2f} | {_f(r['macs_reduction'], '.2f')} |")
+    return lines
+
+
 def render_markdown(payload: dict, image: str | None) -> str:
     p, m, dense = payload["preset"], payload["machine"], payload["dense"]
     rows = aggregate(payload["runs"])
@@ -307,6 +326,7 @@ def render_markdown(payload: dict, image: str | None) -> str:
               f"evaluations use {p['stage_val_size']} validation samples; the table uses all "
               f"{p['validation_size']} validation and the full test split.", ""]
     lines += _table(rows, dense)
+    lines += published_lines(p, rows, dense)
     if _row(rows, CONTROL) is not None:
         lines += ["", "The dense control has the dense architecture: its speed-up and throughput gain show the timing "
                   "noise on this machine."]

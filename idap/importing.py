@@ -363,7 +363,10 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     ft.add_argument("--batch-size", type=int, default=64)
     ft.add_argument("--train-limit", type=int, default=None, help="subsample the training split (quick runs)")
     ft.add_argument("--test-limit", type=int, default=None)
-    ft.add_argument("--validation-size", type=int, default=5000)
+    ft.add_argument("--validation-size", type=int, default=5000,
+                    help="held out of the training data; use the compress recipe's calibration/validation sizes so the "
+                         "fine-tune never trains on what compression validates on")
+    ft.add_argument("--calibration-size", type=int, default=2048)
     ft.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ft.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_import)
@@ -394,7 +397,8 @@ def cmd_import(args: argparse.Namespace) -> int:
                                                root=args.data_root, epochs=args.epochs, lr=args.lr,
                                                batch_size=args.batch_size, seed=args.seed, device=args.device,
                                                train_limit=args.train_limit, test_limit=args.test_limit,
-                                               validation_size=args.validation_size, progress=not args.quiet)
+                                               validation_size=args.validation_size,
+                                               calibration_size=args.calibration_size, progress=not args.quiet)
         print(f"fine-tuned on {args.fine_tune}: val {result['fine_tune']['val_acc']:.2f}% "
               f"test {result['fine_tune']['test_acc']:.2f}% ({result['fine_tune']['train_seconds']:.0f} s)",
               file=sys.stderr, flush=True)
@@ -409,12 +413,14 @@ def _factory_module(architecture: str) -> list[str]:
 def fine_tune_bundle(bundle: str | os.PathLike, dataset: str, *, trust: Iterable[str] = (), root=None,
                      epochs: float = 1.0, lr: float = 0.01, batch_size: int = 64, seed: int = 0,
                      device: str = "auto", train_limit: int | None = None, test_limit: int | None = None,
-                     validation_size: int = 5000, calibration_size: int = 0, progress: bool = False) -> dict:
+                     validation_size: int = 5000, calibration_size: int = 2048, progress: bool = False) -> dict:
     """Fine-tune a bundle on a dataset in place (SGD, one-cycle, the dataset's training transform) and record
     the figures in its metadata; returns ``{"dataset", "epochs", "val_acc", "test_acc", "train_seconds"}``.
 
     The dataset must match the bundle's input (channels, image size, classes); a dataset normalised otherwise
-    than the bundle records draws a warning (a pretrained model wants its own statistics).
+    than the bundle records draws a warning (a pretrained model wants its own statistics). Splits are cut as
+    ``idap compress`` cuts them with the same seed, calibration and validation sizes (defaults: the recipe's),
+    so the fine-tune trains on the compression run's training split only.
     """
     import time
     import warnings
