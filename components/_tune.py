@@ -298,10 +298,15 @@ class _Progress:
     slack_pp: float
     reduction: str
     started: float
-    macs: int = 0
+    macs: int = 0  # where the model stands: the dense model's figures until a step is kept
     params: int = 0
     val_acc: float = 0.0
     steps: int = 0
+
+    def __post_init__(self):
+        self.macs = self.macs or self.dense_macs
+        self.params = self.params or self.dense_params
+        self.val_acc = self.val_acc or self.dense_val_acc
 
     def step(self, rec) -> dict:
         if rec.accepted or rec.action == "stop":  # rollbacks / reverted blocks are not the model carried on
@@ -465,6 +470,31 @@ class TrialRuns(Callback):
             self.client.set_terminated(run_id, "FAILED")
 
 
+class TrialLines(Callback):
+    """One console line (stderr) per trial as it ends: what it reached and how it ended."""
+
+    def __init__(self, num_samples: int, metric: str):
+        self.num_samples, self.metric, self.ended = num_samples, metric, 0
+
+    def _line(self, trial, how: str) -> None:
+        import sys
+
+        self.ended += 1
+        r = trial.last_result or {}
+        figures = (f"val {r['val_acc']:.2f}%  {r.get(self.metric, 0):.2f}x {self.metric.split('_')[0]}  "
+                   f"after {r.get('training_iteration', 0)} reports" if "val_acc" in r else "no result")
+        print(f"[trial {self.ended}/{self.num_samples}] {trial.trial_id} {how:<13} {figures}", file=sys.stderr,
+              flush=True)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        r = trial.last_result or {}
+        self._line(trial, ("complete" + ("" if r.get("feasible") else " (over budget)")) if r.get("final")
+                   else "stopped early")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._line(trial, "FAILED")
+
+
 def _trial_error(trial) -> str:
     with contextlib.suppress(Exception):
         error = trial.get_error()
@@ -490,7 +520,7 @@ class SparingASHA(ASHAScheduler):
 
 
 # ---- Ray ---------------------------------------------------------------------------------------
-def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> bool:
+def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
     """Start (or attach to) Ray; returns True when this call started it (the caller shuts it down).
 
     Local by default: ``address="local"``, no dashboard, bound to 127.0.0.1, a private temp dir, token
@@ -507,7 +537,7 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None) -> boo
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": False}
+                              "log_to_driver": log_to_driver}
     if address == "local":
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # short: Ray's unix sockets live under it and a socket path may not exceed ~107 characters
@@ -575,6 +605,7 @@ def run_search(
     extra_points: Sequence[dict] = (),
     compress_fn: Callable | None = None,
     callbacks: Sequence = (),
+    verbose: int = 1,
 ) -> SearchResult:
     """Search ``space`` around ``base`` on ``data`` for the trained ``dense`` model (see the module docstring).
 
@@ -588,6 +619,7 @@ def run_search(
         extra_points: configurations to evaluate right after the default one (known recipes).
         compress_fn: the trial's compression (default :func:`idap.compress.compress`, same signature).
         callbacks: extra Tune callbacks (driver side).
+        verbose: 0 silent, 1 one line per trial as it ends (stderr), 2 also Ray Tune's own output.
 
     Raises:
         SearchSpaceError: a bad space, before Ray starts. SearchInterrupted: stopped before every trial ended.
@@ -644,7 +676,7 @@ def run_search(
     try:
         result = _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run, tracker, address,
                          num_cpus, cpus_per_trial, max_concurrent, seed, measure_latency, grace_period,
-                         reduction_factor, extra_points, compress_fn, callbacks, budget, started)
+                         reduction_factor, extra_points, compress_fn, callbacks, budget, started, verbose)
     except SearchInterrupted:
         if owned_run:
             _tracking.finish_pipeline_run(search_run_id, "KILLED")
@@ -661,7 +693,7 @@ def run_search(
 
 def _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run, tracker, address, num_cpus,
             cpus_per_trial, max_concurrent, seed, measure_latency, grace_period, reduction_factor, extra_points,
-            compress_fn, callbacks, budget, started) -> SearchResult:
+            compress_fn, callbacks, budget, started, verbose=1) -> SearchResult:
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
@@ -672,7 +704,9 @@ def _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run,
     dense_val_acc = accuracy(dense, data.val_x, data.val_y, batch_size=base.eval_batch_size)
     dense_info = {"val_acc": dense_val_acc, "macs": count_macs(dense, shape), "params": count_params(dense)}
     ray_t0 = time.perf_counter()
-    owned_ray = start_ray(address, num_cpus=num_cpus)
+    if verbose >= 2:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "1")
+    owned_ray = start_ray(address, num_cpus=num_cpus, log_to_driver=verbose >= 2)
     ray_seconds = time.perf_counter() - ray_t0
     runs = TrialRuns(search_run_id, base.to_dict(), space.paths, space.default_point(base))
     try:
@@ -689,9 +723,12 @@ def _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run,
                                tune_config=_tune_config(space, base, seed, max_concurrent, grace_period,
                                                         reduction_factor, extra_points, OptunaSearch),
                                run_config=tune.RunConfig(
-                                   name=exp_dir.name, storage_path=str(exp_dir.parent), callbacks=[runs, *callbacks],
+                                   name=exp_dir.name, storage_path=str(exp_dir.parent),
+                                   callbacks=[runs, *([TrialLines(space.num_samples, space.metric)] if verbose else []),
+                                              *callbacks],
                                    failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
-                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0))
+                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                                   verbose=1 if verbose >= 2 else 0))
         fit_started = time.perf_counter()
         grid = tuner.fit()
         fit_seconds = time.perf_counter() - fit_started
@@ -700,9 +737,9 @@ def _search(data, dense, base, space, exp_dir, resume, search_run_id, owned_run,
         trials = _trial_summaries(grid, space, base)
         pending = [t for t in trials if t["status"] == "pending"]
         if pending or len(trials) < space.num_samples:
-            done = len(trials) - len(pending)
-            raise SearchInterrupted(f"the search stopped after {done} of {space.num_samples} trials; resume it with "
-                                    f"`idap tune --resume --experiment-dir {exp_dir}`")
+            done = sum(t["status"] in ("complete", "failed") for t in trials)
+            raise SearchInterrupted(f"the search stopped before every trial ended ({done} of {space.num_samples} "
+                                    f"complete or failed); resume it with `idap tune --resume --experiment-dir {exp_dir}`")
     finally:
         if owned_ray:
             import ray

@@ -352,6 +352,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             num_samples=2 if args.smoke_test else args.num_samples)
         base = idap_cli.recipe_from_args(args)
         space.validate(base)  # a bad space fails here, before data, model or Ray
+        try:
+            _tune.check_new_experiment(exp_dir)
+        except _tune.SearchError as exc:
+            log(f"error: {exc}")
+            return 2
         limit = 512 if args.smoke_test else None
         sources = {"dataset": args.dataset, "data_root": args.data_root, "train_limit": args.train_limit or limit,
                    "test_limit": args.test_limit or limit, "model_dir": args.model_dir, "model": args.model,
@@ -376,7 +381,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             data=data, dense=dense, base=base, space=space, experiment_dir=exp_dir, resume=args.resume,
             run_name=f"tune {Path(str(dataset)).name}", sources=sources, address=args.address,
             num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
-            seed=args.search_seed, measure_latency=not args.no_latency)
+            seed=args.search_seed, measure_latency=not args.no_latency,
+            verbose=0 if args.quiet else 2 if args.verbose else 1)
     except _tune.SearchInterrupted as exc:
         log(f"interrupted: {exc}")
         return 130
@@ -419,6 +425,9 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")
     p.add_argument("--no-latency", action="store_true", help="skip the post-search latency of the candidates")
     p.add_argument("--smoke-test", action="store_true", help="2 trials on 512 training samples: checks the setup")
+    loud = p.add_mutually_exclusive_group()
+    loud.add_argument("--quiet", action="store_true", help="no line per trial, only the result")
+    loud.add_argument("--verbose", action="store_true", help="also Ray Tune's own tables and the trials' output")
     p.set_defaults(func=cmd_tune)
 
 

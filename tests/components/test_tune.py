@@ -119,6 +119,8 @@ def StepRecord(stage, index, action, *, params, macs, val_acc, accepted=True):  
 def test_a_trial_over_budget_scores_infeasible_and_never_wins():
     progress = _tune._Progress(dense_val_acc=90.0, dense_macs=1000, dense_params=100, budget_pp=1.0, slack_pp=1.0,
                                reduction="macs", started=0.0)
+    first = progress.step(StepRecord("filter", 0, "rollback", params=20, macs=100, val_acc=70.0, accepted=False))
+    assert first["macs_reduction"] == 1.0 and first["val_acc"] == 90.0  # rolled back: still the dense model
     mid = progress.step(StepRecord("filter", 0, "prune", params=50, macs=250, val_acc=88.5))
     assert mid["feasible"] == 1.0 and mid["score"] == 4.0  # mid-run the recipe's slack counts
     rolled = progress.step(StepRecord("filter", 1, "rollback", params=10, macs=100, val_acc=80.0, accepted=False))
