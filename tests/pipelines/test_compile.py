@@ -36,7 +36,8 @@ COMPRESS_EDGES = {
 def compiled(tmp_path_factory):
     out = tmp_path_factory.mktemp("ir")
     assert main(["pipeline", "compile", "--out", str(out)]) == 0
-    return {name: yaml.safe_load((out / f"{name}.yaml").read_text()) for name in PIPELINES}
+    # the pipeline spec is the first document; the second is the Kubernetes platform spec (test_platform.py)
+    return {name: next(yaml.safe_load_all((out / f"{name}.yaml").read_text())) for name in PIPELINES}
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINES))
@@ -97,5 +98,5 @@ def test_image_is_chosen_at_compile_time(tmp_path):
     code = "from pipelines.compress import compress_pipeline; import kfp.compiler as c; c.Compiler().compile(compress_pipeline, 'p.yaml')"
     env = {**os.environ, "IDAP_IMAGE": "registry.example/idap:test"}
     subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, check=True, capture_output=True)
-    spec = yaml.safe_load((tmp_path / "p.yaml").read_text())
+    spec = next(yaml.safe_load_all((tmp_path / "p.yaml").read_text()))
     assert {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()} == {"registry.example/idap:test"}
