@@ -22,6 +22,7 @@ from idap.bundle import read_bundle_info, save_bundle
 from idap.cli import print_step
 from idap.config import ConfigError, Recipe
 from idap.data import DataSplits
+from idap.data import input_spec as data_input_spec
 from idap.report import write_plots
 from idap.state import RunState, StepRecord
 
@@ -98,7 +99,8 @@ def check_fits(model: nn.Module, data: DataSplits, source: str) -> None:
 
 def save_model(model: nn.Module, artifact, data: DataSplits, *, recipe: dict, metadata: dict | None = None) -> Path:
     """Write ``model`` as a bundle at the artifact's path and describe it in the artifact's metadata."""
-    path = save_bundle(model.cpu(), artifact.path, input_shape=input_shape(data), recipe=recipe, metadata=metadata)
+    path = save_bundle(model.cpu(), artifact.path, input_shape=input_shape(data), recipe=recipe, metadata=metadata,
+                       input_spec=data_input_spec(data))
     arch = read_bundle_info(path)["architecture"]
     artifact.metadata.update({"format": "idap-bundle", "params": arch["params"], "macs": arch["macs"]})
     return path

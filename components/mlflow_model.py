@@ -20,8 +20,12 @@ Why a pyfunc around the bundle rather than ``mlflow.pytorch`` (default ``pt2`` /
   keeps one format everywhere: a registered version's ``bundle`` artifact is exactly what
   ``idap evaluate`` / ``idap compress --model-dir`` read.
 
-Input: float32 array (N, C, H, W), normalised like the training data (``dataset.normalization`` tag).
-Output: float32 logits (N, num_classes).
+Input: **raw pixels**, as read from the dataset (0-255 for 8-bit images, 0-16 for scikit-learn's digits),
+any real dtype (uint8, float32, float64), shaped ``(N, C, H, W)``, ``(N, H, W)`` for one channel, or one
+sample without the batch axis. The model normalises inside with the statistics its bundle records
+(``architecture.json`` ``input``: ``(pixels * scale - mean) / std``); a bundle that records none takes
+already-normalised input. Output: float32 logits ``(N, num_classes)``. Bad input is answered with an
+MLflow ``INVALID_PARAMETER_VALUE`` (HTTP 400) that names the expected shape, not the whole input.
 """
 
 import mlflow
@@ -30,31 +34,62 @@ from mlflow.pyfunc import PythonModel
 
 
 class IdapBundleModel(PythonModel):
-    """A pyfunc that serves an IDAP bundle (artifact ``bundle``) on CPU."""
+    """A pyfunc that serves an IDAP bundle (artifact ``bundle``) on CPU, raw pixels in, logits out."""
 
     def load_context(self, context) -> None:
         import torch
 
-        from idap.bundle import load_bundle, read_bundle_info
+        from idap.bundle import load_bundle, read_input_spec
 
         path = context.artifacts["bundle"]
         self.model = load_bundle(path, verify=True, map_location="cpu")
-        self.input_shape = tuple(read_bundle_info(path)["architecture"]["input_shape"])
+        spec = read_input_spec(path)
+        self.input_shape = tuple(spec["shape"])
+        channels = self.input_shape[0]
+        self.scale = float(spec.get("scale") or 1.0)
+        self.mean = None if spec.get("mean") is None else torch.tensor(spec["mean"]).view(1, channels, 1, 1)
+        self.std = None if spec.get("std") is None else torch.tensor(spec["std"]).view(1, channels, 1, 1)
         self._torch = torch
 
-    def predict(self, context, model_input: np.ndarray, params: dict | None = None) -> np.ndarray:
-        torch = self._torch
-        if isinstance(model_input, dict):  # serving: {"input": array}
+    def _batch(self, model_input) -> np.ndarray:
+        if isinstance(model_input, dict):  # serving: {"input": array} or {"inputs": array}
             model_input = next(iter(model_input.values()))
-        x = np.asarray(model_input, dtype=np.float32)
-        if x.ndim == len(self.input_shape):  # one sample
+        if hasattr(model_input, "to_numpy"):  # a DataFrame / Series of flattened samples
+            model_input = model_input.to_numpy()
+        try:
+            x = np.asarray(model_input, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise _bad_input(f"input must be numeric pixels ({error})") from None
+        shape, size = self.input_shape, int(np.prod(self.input_shape))
+        if tuple(x.shape) == shape:  # one sample
             x = x[None]
-        if tuple(x.shape[1:]) != self.input_shape:
-            raise ValueError(
-                f"expected input of shape (N, {', '.join(map(str, self.input_shape))}), got {tuple(x.shape)}"
-            )
+        elif shape[0] == 1 and x.ndim == len(shape) and tuple(x.shape[1:]) == shape[1:]:  # (N, H, W), one channel
+            x = x[:, None]
+        elif x.ndim == 2 and x.shape[1] == size:  # rows of flattened pixels (a DataFrame)
+            x = x.reshape(len(x), *shape)
+        elif x.ndim == 1 and x.size == size:  # one flattened sample
+            x = x.reshape(1, *shape)
+        if tuple(x.shape[1:]) != shape:
+            raise _bad_input(f"expected raw pixels of shape (N, {', '.join(map(str, shape))}) or one sample "
+                             f"{shape}, got an array of shape {tuple(x.shape)}")
+        if not np.isfinite(x).all():
+            raise _bad_input("input holds NaN or Inf values")
+        return np.ascontiguousarray(x)
+
+    def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
+        torch = self._torch
+        x = torch.from_numpy(self._batch(model_input))
+        if self.mean is not None and self.std is not None:
+            x = (x * self.scale - self.mean) / self.std
         with torch.no_grad():
-            return self.model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            return self.model(x).numpy()
+
+
+def _bad_input(message: str):
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)
 
 
 mlflow.models.set_model(IdapBundleModel())

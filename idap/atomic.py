@@ -59,12 +59,20 @@ def write_text(target: str | os.PathLike, text: str) -> Path:
     return write_file(target, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def fsync_tree(directory: Path) -> None:
-    """Flush every file below ``directory`` to disk (before a rename makes it visible)."""
-    for path in directory.rglob("*"):
-        if path.is_file() and not path.is_symlink():
+def finish_tree(directory: Path) -> None:
+    """Before a rename makes ``directory`` visible: flush every file to disk and give files and folders the
+    permissions the umask gives new ones (temporary names and some writers, safetensors among them, create
+    0600/0700 entries that another user — a serving process — could not read)."""
+    mask = _umask()
+    for path in [directory, *directory.rglob("*")]:
+        if path.is_symlink():
+            continue
+        if path.is_file():
             with open(path, "rb") as handle:
                 os.fsync(handle.fileno())
+            os.chmod(path, 0o666 & ~mask)
+        elif path.is_dir():
+            os.chmod(path, 0o777 & ~mask)
 
 
 def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -73,8 +81,7 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
     ``staging`` must be a sibling of ``target`` (same filesystem, so each rename is atomic).
     """
     staging, target = Path(staging), Path(target)
-    fsync_tree(staging)
-    os.chmod(staging, 0o777 & ~_umask())
+    finish_tree(staging)
     if not target.exists() and not target.is_symlink():
         os.replace(staging, target)
         return target

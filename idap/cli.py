@@ -23,7 +23,7 @@ from idap.checkpoint import CheckpointMismatch
 from idap.checks import check_data, check_model_fits
 from idap.compress import CompressionResult, compress
 from idap.config import ConfigError, Recipe
-from idap.data import DataError, fetch_dataset, list_datasets, load_dataset
+from idap.data import DataError, fetch_dataset, input_spec, list_datasets, load_dataset
 from idap.metrics import resolve_device
 from idap.models import TRUST_ENV, ModelError, list_models, trust_modules
 from idap.report import compression_report, evaluate_model, write_report
@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                                  batch_size=args.batch_size, progress=not args.quiet)
     with staged_directory(out) as tmp:  # a complete bundle with its metrics, or the previous output untouched
         save_bundle(model, tmp / "bundle", input_shape=_shape(data), recipe={"train": vars_json(args)},
-                    metadata={"metrics": metrics})
+                    metadata={"metrics": metrics}, input_spec=input_spec(data))
         for path in (tmp / "bundle").iterdir():
             path.rename(tmp / path.name)
         (tmp / "bundle").rmdir()
@@ -140,7 +140,8 @@ def _dense_for(args: argparse.Namespace, data, recipe: Recipe, work: Path):
     log(f"no --model-dir: training a dense {args.model} for {args.train_epochs} epochs first")
     dense, _ = train_dense(args.model, data, epochs=args.train_epochs, seed=recipe.seed, device=recipe.device,
                            progress=not getattr(args, "quiet", False))
-    save_bundle(dense, trained, input_shape=_shape(data), recipe={"train_epochs": args.train_epochs})
+    save_bundle(dense, trained, input_shape=_shape(data), recipe={"train_epochs": args.train_epochs},
+                input_spec=input_spec(data))
     return dense, trained
 
 
@@ -225,7 +226,8 @@ def _write_outputs(args, result: CompressionResult, data, recipe: Recipe, tmp: P
     metadata = {"report": {k: report[k] for k in ("dense", "compressed", "ratios")}, "dataset": data.describe(),
                 "recipe_digest": recipe.digest(), "base_model": args.model_dir or args.model}
     tmp.mkdir(parents=True, exist_ok=True)
-    save_bundle(model, tmp / "model", input_shape=_shape(data), recipe=recipe.to_dict(), metadata=metadata)
+    save_bundle(model, tmp / "model", input_shape=_shape(data), recipe=recipe.to_dict(), metadata=metadata,
+                input_spec=input_spec(data))
     if trained is not None:
         shutil.copytree(trained, tmp / "dense")
     if not args.no_onnx:

@@ -90,6 +90,15 @@ class _Raw:
     content_hash: str
 
 
+def input_spec(data) -> dict | None:
+    """What a model trained on ``data`` expects of raw pixels, for its bundle (``save_bundle(input_spec=)``):
+    ``{"mean", "std", "scale"}`` with ``x = (raw * scale - mean) / std``; None when the data records none."""
+    norm = data.describe().get("normalization") or {}
+    if not norm.get("mean") or not norm.get("std"):
+        return None
+    return {"mean": list(norm["mean"]), "std": list(norm["std"]), "scale": float(norm.get("scale", 1.0))}
+
+
 def list_datasets() -> list[str]:
     """Names of the builtin datasets accepted by `load_dataset` and `fetch_dataset`."""
     return sorted(_BUILTIN)
