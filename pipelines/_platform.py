@@ -8,8 +8,8 @@ One call per task::
 
 What each task gets (compiled into the pipeline's platform spec through ``kfp-kubernetes``):
 
-* env from the ConfigMaps and Secrets ``infra/`` creates (names: :class:`PlatformSettings`; tests/infra
-  checks that the rendered manifests define exactly these names and keys)::
+* env from the ConfigMaps and Secrets ``infra/`` creates (names: :class:`PlatformSettings`;
+  tests/pipelines/test_platform.py checks that the rendered manifests define exactly these names and keys)::
 
       idap-mlflow                    tracking_uri       -> MLFLOW_TRACKING_URI
       idap-object-store              endpoint_url       -> AWS_ENDPOINT_URL   (boto3 and MLflow's S3 client)
@@ -27,7 +27,9 @@ What each task gets (compiled into the pipeline's platform spec through ``kfp-ku
   (MLflow or S3 unreachable at start); each step writes only its own outputs, so an attempt that dies half
   way leaves nothing a new attempt trips over. An exception inside a step's MLflow run marks the pipeline's
   MLflow run FAILED (components/_tracking.step_run), and a FAILED run never registers a model, so that
-  kind of failure is not rescued by a retry. ``register-model`` is never retried: it closes the pipeline's
+  kind of failure is not rescued by a retry. (A ``prepare-data`` attempt lost after it opened the parent
+  run leaves that run RUNNING; the next attempt opens a new one, which the later steps use.)
+  ``register-model`` is never retried: it closes the pipeline's
   MLflow run and a failed attempt marks it FAILED. Registering is idempotent all the same (a version that
   already holds the same bundle digest is returned, not registered again: components/_registry
   ``register_and_promote`` / ``_find_version``), so re-running a whole pipeline is safe.
@@ -37,7 +39,7 @@ What each task gets (compiled into the pipeline's platform spec through ``kfp-ku
 
 The local runner (``kfp.local``) ignores the platform spec and the resources, but it honours retries (with
 their backoff): run ``without_retries(pipeline)(**arguments)`` locally so that a failing step fails at
-once, or compile the pipeline with ``IDAP_K8S_RETRIES=0``.
+once, or set ``IDAP_K8S_RETRIES=0`` in the process that imports and runs the pipeline.
 
 Settings are read when the pipeline is compiled, from ``IDAP_K8S_*`` variables (like ``IDAP_IMAGE``)::
 
