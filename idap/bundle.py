@@ -41,8 +41,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from idap.atomic import staged_directory
-from idap.metrics import _eval_mode, count_macs, count_params
-from idap.metrics import _model_device as _device
+from idap.metrics import count_macs, count_params, eval_mode, model_device
 from idap.models import ModelError, check_trusted, create_model
 
 __all__ = ["BundleError", "check_onnx", "export_onnx", "load_bundle", "read_bundle_info", "read_input_spec",
@@ -90,7 +89,7 @@ def save_bundle(
         onnx: also export ``model.onnx`` and check it against PyTorch with onnxruntime.
         input_spec: what the model expects of its input beyond the shape, recorded as architecture.json's
             ``input`` (``{"mean", "std", "scale"}``: ``x = (pixels * scale - mean) / std``); see
-            ``read_input_spec``.
+            ``read_input_spec``. Default: the ``idap_input`` a model loaded from a bundle carries.
 
     Returns:
         The bundle directory.
@@ -106,7 +105,7 @@ def save_bundle(
     _check_replaceable(directory)
     # Parity reference, MACs and ONNX are computed on CPU: the loader verifies on CPU, and TF32 on a GPU
     # would differ from CPU by far more than the parity tolerance.
-    cpu_model = model if _device(model).type == "cpu" else copy.deepcopy(model).cpu()
+    cpu_model = model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
     probe = _probe(input_shape)
     try:
         output = _forward(cpu_model, probe)
@@ -129,7 +128,10 @@ def save_bundle(
         "params": count_params(cpu_model),
         "macs": count_macs(cpu_model, input_shape),
     }
-    if input_spec is not None:
+    # A model loaded from a bundle carries what its input must look like (``idap_input``), so a model pruned
+    # from it records the same normalisation without every caller passing it on.
+    input_spec = input_spec if input_spec is not None else getattr(model, "idap_input", None)
+    if input_spec:
         architecture["input"] = _checked_input_spec(input_spec, input_shape, directory)
 
     with staged_directory(directory) as staging:
@@ -185,6 +187,8 @@ def load_bundle(
         raise BundleError(f"{directory / WEIGHTS}: weights do not fit the architecture: {error}") from error
     _check_structure(model, directory / WEIGHTS)
     model.eval()
+    if architecture.get("input"):
+        model.idap_input = dict(architecture["input"])
     if verify:
         _verify_parity(model, directory)
     return model.to(map_location)
@@ -222,9 +226,9 @@ def export_onnx(
 
     path = Path(path)
     input_shape = _input_shape(input_shape, path)
-    probe = _probe(input_shape).to(_device(model))
+    probe = _probe(input_shape).to(model_device(model))
     try:
-        with _eval_mode(model), torch.no_grad(), warnings.catch_warnings():
+        with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
             # The legacy exporter warns that it is legacy, and traces shape arithmetic with TracerWarnings;
             # check_onnx is what proves the export right.
             warnings.simplefilter("ignore")
@@ -258,7 +262,7 @@ def check_onnx(
 
     onnx_path = Path(onnx_path)
     probe = _probe(_input_shape(input_shape, onnx_path), batch=PARITY_BATCH + 1)
-    expected = _forward(model, probe.to(_device(model))).cpu()
+    expected = _forward(model, probe.to(model_device(model))).cpu()
     try:
         session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
@@ -553,7 +557,7 @@ def _probe(input_shape: tuple[int, ...], batch: int = PARITY_BATCH) -> Tensor:
 
 
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         output = model(x)
     if not isinstance(output, Tensor):
         raise BundleError(f"a bundled model must return a Tensor, got {type(output).__name__}")

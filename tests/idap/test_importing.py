@@ -229,3 +229,15 @@ def test_import_fine_tune_then_compress_streamed(tmp_path):
     report = json.loads((tmp_path / "c" / "report.json").read_text())
     assert report["ratios"]["macs_reduction"] > 1.0
     assert report["dataset"]["streamed"] is True
+
+
+def test_input_spec_survives_pruning_and_saving(tmp_path):
+    torch.manual_seed(0)
+    save_file(torchvision.models.resnet18(num_classes=3).state_dict(), str(tmp_path / "w.safetensors"))
+    import_model("torchvision.models.resnet18", tmp_path / "w.safetensors", tmp_path / "a", image_size=32,
+                 mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))
+    from idap.bundle import save_bundle
+
+    model = load_bundle(tmp_path / "a")
+    save_bundle(model, tmp_path / "b", input_shape=(3, 32, 32))  # e.g. idap compress writing the result
+    assert read_input_spec(tmp_path / "b")["mean"] == [0.5, 0.4, 0.3]
