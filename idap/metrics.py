@@ -34,7 +34,6 @@ __all__ = [
     "count_params",
     "measure_latency",
     "measure_throughput",
-    "profile_model",
     "resolve_device",
 ]
 
@@ -92,8 +91,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
         if hasattr(torch.ops.aten, name)
     }
     counter = flop_counter.FlopCounterMode(display=False, custom_mapping=custom)
-    with _eval_mode(model), torch.no_grad(), counter, _RecurrentMacs(model) as recurrent:
-        model(torch.zeros(shape, device=_model_device(model)))
+    with eval_mode(model), torch.no_grad(), counter, _RecurrentMacs(model) as recurrent:
+        model(torch.zeros(shape, device=model_device(model)))
     # LSTMs run as fused kernels the counter cannot see (GRU/RNN decompose into counted matmuls on CPU):
     # add the analytic count only where the counter saw nothing inside the module.
     counted, prefix = counter.get_flop_counts(), type(model).__name__
@@ -116,8 +115,8 @@ def uncounted_modules(model: nn.Module, input_shape: Sequence[int]) -> list[str]
     parameters (scales, biases) do element-wise work, which MACs leave out by convention.
     """
     counter = flop_counter.FlopCounterMode(display=False)
-    with _eval_mode(model), torch.no_grad(), counter:
-        model(torch.zeros(_single_sample_shape(input_shape), device=_model_device(model)))
+    with eval_mode(model), torch.no_grad(), counter:
+        model(torch.zeros(_single_sample_shape(input_shape), device=model_device(model)))
     counted = counter.get_flop_counts()
     prefix = type(model).__name__
     missing = []
@@ -191,9 +190,9 @@ def accuracy(
         raise ValueError("accuracy of an empty set is undefined; got 0 samples")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    target = torch.device(device) if device is not None else _model_device(model)
+    target = torch.device(device) if device is not None else model_device(model)
     correct = 0
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         if is_streamed(x):  # labels come with the images; y is the same split's label tensor
             for xb, yb in x.batches(batch_size):
                 logits = model(xb.to(target))
@@ -274,34 +273,13 @@ def measure_throughput(
     }
 
 
-def profile_model(model: nn.Module, input_shape: Sequence[int], *, latency: bool = True) -> dict:
-    """Params, MACs and (optionally) batch-1 latency and batch-64 throughput on the model's device.
-
-    Returns:
-        ``{"params", "macs", "latency_ms_b1", "throughput_b64", "threads", "device", "device_name"}``;
-        the two timings are ``None`` when ``latency=False``.
-    """
-    device = _model_device(model)
-    result = {
-        "params": count_params(model),
-        "macs": count_macs(model, input_shape),
-        "latency_ms_b1": None,
-        "throughput_b64": None,
-        **_machine(device),
-    }
-    if latency:
-        result["latency_ms_b1"] = measure_latency(model, input_shape)["median_ms"]
-        result["throughput_b64"] = measure_throughput(model, input_shape)["samples_per_s"]
-    return result
-
-
 def _sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     """FLOPs of attention from the shapes FlopCounterMode passes (Q·Kᵀ and P·V, as for the GPU kernels)."""
     return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Put the model in eval mode and restore each module's own training flag afterwards."""
     flags = {module: module.training for module in model.modules()}
     model.eval()
@@ -326,22 +304,22 @@ def layer_macs(model: nn.Module, input_shape: Sequence[int]) -> dict[nn.Module, 
 
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     try:
-        with _eval_mode(model), torch.no_grad():
-            model(torch.zeros(_single_sample_shape(input_shape), device=_model_device(model)))
+        with eval_mode(model), torch.no_grad():
+            model(torch.zeros(_single_sample_shape(input_shape), device=model_device(model)))
     finally:
         for h in handles:
             h.remove()
     return macs
 
 
-def _model_device(model: nn.Module) -> torch.device:
+def model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
 
 def _target_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
-    return _model_device(model) if device is None else resolve_device(device)
+    return model_device(model) if device is None else resolve_device(device)
 
 
 def _single_sample_shape(input_shape: Sequence[int]) -> tuple[int, ...]:
@@ -367,11 +345,11 @@ def _time_forward(
         )
     target = _target_device(model, device)
     # Only a copy moves: timing must never relocate the caller's model.
-    runner = model if target == _model_device(model) else _copy_to(model, target)
+    runner = model if target == model_device(model) else _copy_to(model, target)
     x = torch.randn((batch_size, *tuple(input_shape)), device=target)
     sync = torch.cuda.synchronize if target.type == "cuda" else _no_sync
     times = []
-    with _eval_mode(runner), torch.inference_mode():
+    with eval_mode(runner), torch.inference_mode():
         for _ in range(warmup):
             runner(x)
         sync()

@@ -22,8 +22,6 @@ from idap.activations import FeatureTaps, activation_modules
 from idap.config import RecoveryConfig
 from idap.metrics import is_streamed
 
-Progress = Callable[[int, float], None]  # (step, loss)
-
 
 def select_taps(student: nn.Module, teacher: nn.Module | None = None) -> list[str]:
     """First, middle and last activation modules of the student that the teacher also has."""

@@ -13,7 +13,6 @@ from idap.metrics import (
     count_params,
     measure_latency,
     measure_throughput,
-    profile_model,
     resolve_device,
 )
 
@@ -149,20 +148,6 @@ def test_latency_and_throughput_report_their_fields():
 def test_latency_rejects_nonsense_settings():
     with pytest.raises(ValueError, match="repeats"):
         measure_latency(_conv_linear_net(), (1, 8, 8), repeats=0)
-
-
-def test_profile_model_without_timing():
-    net = _conv_linear_net()
-    profile = profile_model(net, (1, 8, 8), latency=False)
-    assert profile["params"] == count_params(net)
-    assert profile["macs"] == 4 * 9 * 64 + 256 * 10
-    assert profile["latency_ms_b1"] is None and profile["throughput_b64"] is None
-    assert profile["device"] == "cpu" and profile["threads"] == torch.get_num_threads()
-
-
-def test_profile_model_with_timing():
-    profile = profile_model(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)), (1, 2, 2))
-    assert profile["latency_ms_b1"] > 0 and profile["throughput_b64"] > 0
 
 
 def test_resolve_device(monkeypatch):
