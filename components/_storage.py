@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from idap.atomic import replace_directory, write_file
+
 __all__ = ["StorageError", "download", "is_s3", "parse_s3", "resolve_input", "upload"]
 
 CONNECT_TIMEOUT_S = 3
@@ -266,7 +268,7 @@ def _download_listing(client, uri: str, listing: dict, dest: Path, *, manifest: 
             _get(client, bucket, obj, target, f"s3://{bucket}/{obj['key']}")
         if manifest:  # the cache's record of what it holds (resolve_input)
             (staging / _MANIFEST).write_text(json.dumps({"uri": uri, "objects": listing["objects"]}, sort_keys=True))
-        _swap_into_place(staging, dest)
+        replace_directory(staging, dest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return dest
@@ -275,15 +277,12 @@ def _download_listing(client, uri: str, listing: dict, dest: Path, *, manifest: 
 def _get(client, bucket: str, obj: dict, dest: Path, uri: str) -> None:
     """Download one object to ``dest`` through a temporary file; verify size and checksum, then rename."""
     head = _call(uri, "read", client.head_object, Bucket=bucket, Key=obj["key"])
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", dir=dest.parent)
-    os.close(fd)
-    try:
-        _call(uri, "download", client.download_file, bucket, obj["key"], tmp)
-        _verify(Path(tmp), head, uri)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    def fetch(tmp: Path) -> None:
+        _call(uri, "download", client.download_file, bucket, obj["key"], str(tmp))
+        _verify(tmp, head, uri)
+
+    write_file(dest, fetch)
 
 
 def _verify(path: Path, head: dict, uri: str) -> None:
@@ -340,15 +339,3 @@ def _cache_matches(dest: Path, listing: dict) -> bool:
 
 def _file_marker(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.etag")
-
-
-def _swap_into_place(staging: Path, dest: Path) -> None:
-    """Replace ``dest`` by ``staging``; an old ``dest`` is moved aside first and removed last."""
-    old = None
-    if dest.exists() or dest.is_symlink():
-        old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-    os.replace(staging, dest)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink(missing_ok=True)
