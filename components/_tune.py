@@ -536,12 +536,12 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "logging_level": logging.WARNING,
-                              "log_to_driver": log_to_driver}
-    if address == "local":
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": log_to_driver}
+    if address == "local":  # (an existing cluster refuses resource and dashboard arguments: it has its own)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # short: Ray's unix sockets live under it and a socket path may not exceed ~107 characters
-        kwargs.update(num_cpus=num_cpus, _node_ip_address="127.0.0.1", _temp_dir=tempfile.mkdtemp(prefix="idap-ray-"))
+        kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                      _temp_dir=tempfile.mkdtemp(prefix="idap-ray-"))
     try:
         ray.init(**kwargs)
     except Exception as error:

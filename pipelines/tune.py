@@ -8,8 +8,11 @@ nested runs, and the registered version's lineage tag points at it. (No ``from _
 annotations`` here: KFP reads the annotations as types.)
 """
 
+import json
+from pathlib import Path
 from typing import NamedTuple
 
+import yaml
 from kfp import dsl
 from kfp.dsl import Markdown, Model
 
@@ -18,6 +21,12 @@ from components.search_compression import search_compression
 from components.train_baseline import train_baseline
 from pipelines._platform import configure
 from pipelines.compress import compress_tail
+
+# The default search space, baked into the compiled pipeline as the parameter's default (the image holds no
+# recipes/): the Kubeflow UI shows it, and a run can replace it with its own YAML or JSON text. One line of
+# JSON: kfp writes parameter defaults into a comment header, where a multi-line string breaks the YAML.
+_DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "recipes" / "search" / "default.yaml"
+DEFAULT_SEARCH_SPACE = json.dumps(yaml.safe_load(_DEFAULT_SPACE.read_text())) if _DEFAULT_SPACE.is_file() else ""
 
 
 def _step(task: dsl.PipelineTask, name: str, kind: str | None = None) -> dsl.PipelineTask:
@@ -41,7 +50,7 @@ def tune_pipeline(
     train_epochs: float = 2.0,
     max_accuracy_drop: float = -1.0,
     recipe_json: str = "",
-    search_space: str = "",
+    search_space: str = DEFAULT_SEARCH_SPACE,
     objective: str = "",
     reduction: str = "",
     num_samples: int = 0,
@@ -60,7 +69,7 @@ def tune_pipeline(
     """Search around ``recipe_json`` for ``model_name`` on ``dataset``, then compress and register the winner.
 
     Args:
-        search_space: the space as YAML text ("" = recipes/search/default.yaml); ``objective``,
+        search_space: the space as YAML text (default: recipes/search/default.yaml's); ``objective``,
             ``reduction`` ("" = the space's) and ``num_samples`` (0 = the space's) override it.
         max_accuracy_drop: the budget Δ (negative = the recipe's); the search's constraint unless the space
             sets ``budget_pp``.
