@@ -205,7 +205,8 @@ def _is_block_candidate(module: nn.Module) -> bool:
         return module.downsample is None and module.stride == 1
     if isinstance(module, (InvertedResidual, MBConv, FusedMBConv)):
         return bool(module.use_res_connect)
-    return isinstance(module, (CNBlock, EncoderBlock))
+    # idap.lm's encoder/decoder layers declare themselves (idap_block)
+    return isinstance(module, (CNBlock, EncoderBlock)) or getattr(module, "idap_block", False) is True
 
 
 def block_candidates(model: nn.Module) -> list[str]:
@@ -241,6 +242,8 @@ def prune_exclusions(model: nn.Module) -> list[nn.Module]:
             excluded.extend(module.modules())
         elif isinstance(module, MLPBlock):
             excluded.append([m for m in module if isinstance(m, nn.Linear)][-1])
+        elif callable(getattr(module, "residual_writers", None)):  # idap.lm layers: the FFN's output linear
+            excluded.extend(module.residual_writers())
     excluded.append(classifier(model))
     return list({id(m): m for m in excluded}.values())
 

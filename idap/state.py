@@ -157,7 +157,10 @@ class RunContext:
         self.state.recovery_used = value
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        shape = getattr(self.data, "input_shape", None)  # text splits: (tokens,)
+        if shape is not None:
+            return tuple(shape)
         return (self.data.in_channels, self.data.image_size, self.data.image_size)
 
     @property

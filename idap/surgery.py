@@ -44,8 +44,10 @@ class _AttentionLeafPruner(tp.pruner.function.BasePruningFunc):
 
 def _attention_types() -> tuple[type, ...]:
     from idap.attention import HeadPrunableAttention
+    from idap.lm import GroupedQueryAttention, TokenAttention
 
-    return (HeadPrunableAttention,)
+    # Torch-Pruning looks customized pruners up by exact class: every subclass is named
+    return (HeadPrunableAttention, TokenAttention, GroupedQueryAttention)
 
 
 def dependency_graph(model: nn.Module, input_shape: Sequence[int]) -> tp.DependencyGraph:

@@ -1,0 +1,202 @@
+"""Text datasets as token-id tensors: class folders of ``.txt`` files (classification) or one plain text
+file (language modelling), tokenized once with the model's own tokenizer.
+
+A classification corpus becomes :class:`TextSplits`, a :class:`idap.data.DataSplits` whose ``x`` tensors
+hold token ids (N, L) as int64 and whose ``input_shape`` is ``(L,)``; everything the stages do with image
+splits (calibration, validation, recovery batches, MACs probes) works on it. The test split is held out
+first; calibration and validation come from the training pool only. Local paths only: an ``s3://`` URI
+is fetched at the edge (``components/_storage``) before it reaches the library.
+
+Example:
+    >>> tok = load_tokenizer("path/to/model_dir")                                   # doctest: +SKIP
+    >>> data = load_text_folder("bbcnews/data", tok, max_length=128, seed=0)        # doctest: +SKIP
+    >>> data.train_x.shape[1], data.input_shape                                     # doctest: +SKIP
+    (128, (128,))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from idap.data import DataError, DataSplits
+
+_TEST_FRACTION = 0.2
+
+
+@dataclass(frozen=True, eq=False)
+class TextSplits(DataSplits):
+    """Token-id splits: x int64 (N, max_length) padded with ``pad_id``; ``classes`` names the labels."""
+
+    max_length: int = 128
+    pad_id: int = 0
+    vocab_size: int = 0
+    classes: tuple[str, ...] = ()
+
+    @property
+    def input_shape(self) -> tuple[int]:
+        return (self.max_length,)
+
+    def describe(self) -> dict:
+        doc = super().describe()
+        doc.update({"kind": "text", "max_length": self.max_length, "classes": list(self.classes),
+                    "pad_id": self.pad_id, "vocab_size": self.vocab_size})
+        for key in ("in_channels", "image_size", "normalization"):
+            doc.pop(key, None)
+        return doc
+
+
+def load_tokenizer(path: str | os.PathLike):
+    """A ``tokenizers.Tokenizer`` from a model directory's ``tokenizer.json`` (or the file itself)."""
+    from tokenizers import Tokenizer
+
+    p = Path(path)
+    file = p / "tokenizer.json" if p.is_dir() else p
+    if not file.is_file():
+        raise DataError(f"{path}: no tokenizer.json (a Hugging Face model directory has one)")
+    return Tokenizer.from_file(str(file))
+
+
+def _check_local(path: str | os.PathLike) -> Path:
+    text = str(path)
+    if "://" in text:
+        raise DataError(f"{text}: the library reads local paths; fetch remote data first (idap's CLI does this "
+                        f"for s3:// URIs through components/_storage)")
+    p = Path(text)
+    if not p.exists():
+        raise DataError(f"{text}: no such file or directory")
+    return p
+
+
+def read_text_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
+    """Texts, labels and class names of a folder of class subfolders holding ``.txt`` files (sorted)."""
+    root = _check_local(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: expected a folder of class subfolders with .txt files, got a file")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise DataError(f"{root}: expected at least 2 class subfolders, found {classes}")
+    texts, labels = [], []
+    for label, name in enumerate(classes):
+        files = sorted((root / name).glob("*.txt"))
+        if not files:
+            raise DataError(f"{root / name}: class folder without .txt files")
+        for f in files:
+            text = f.read_bytes().decode("utf-8", errors="replace").strip()
+            if not text:
+                raise DataError(f"{f}: empty text")
+            texts.append(text)
+            labels.append(label)
+    return texts, labels, classes
+
+
+def encode(tokenizer, texts: list[str], max_length: int, *, pad_id: int | None = None) -> Tensor:
+    """Token ids (N, max_length) int64: each text truncated (special tokens kept) and right-padded."""
+    if max_length < 2:
+        raise DataError(f"max_length must be >= 2 tokens, got {max_length}")
+    if pad_id is None:
+        pad_id = _pad_id(tokenizer)
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding(length=max_length, pad_id=pad_id)
+    try:
+        rows = [e.ids for e in tokenizer.encode_batch(texts)]
+    finally:
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+    return torch.tensor(rows, dtype=torch.long)
+
+
+def _pad_id(tokenizer) -> int:
+    for token in ("[PAD]", "<pad>", "<|endoftext|>"):
+        i = tokenizer.token_to_id(token)
+        if i is not None:
+            return int(i)
+    return 0
+
+
+def check_tokenizer(tokenizer, *, vocab_size: int, pad_id: int | None = None, where: str = "model") -> None:
+    """The tokenizer must fit the model's embedding: same vocabulary size (ids beyond it would index past
+    the embedding) and, for an encoder, the model's padding id. Raises DataError naming the mismatch."""
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > vocab_size:
+        raise DataError(f"the tokenizer has {size} tokens but the {where} embeds only {vocab_size}: "
+                        f"a tokenizer of another model (use the model directory's own tokenizer.json)")
+    if pad_id is not None and _pad_id(tokenizer) != pad_id:
+        raise DataError(f"the tokenizer pads with id {_pad_id(tokenizer)} but the {where} masks id {pad_id}: "
+                        f"a tokenizer of another model")
+
+
+def load_text_folder(root: str | os.PathLike, tokenizer, *, max_length: int = 128, seed: int = 0,
+                     calibration_size: int = 128, validation_size: int = 256, per_class_limit: int | None = None,
+                     vocab_size: int | None = None, pad_id: int | None = None, name: str | None = None) -> TextSplits:
+    """Tokenize a class-folder corpus once and cut seeded, disjoint, stratified splits.
+
+    Args:
+        per_class_limit: keep at most this many texts per class (a seeded choice; for reduced runs).
+        vocab_size, pad_id: the model's; when given, the tokenizer is checked against them first.
+        calibration_size, validation_size: taken from the training pool (test is held out first, 20 %).
+    """
+    if vocab_size is not None:
+        check_tokenizer(tokenizer, vocab_size=vocab_size, pad_id=pad_id)
+    texts, labels, classes = read_text_folder(root)
+    rng = np.random.default_rng(seed)
+    y = np.asarray(labels)
+    chosen = []
+    for c in range(len(classes)):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        chosen.append(idx[:per_class_limit] if per_class_limit else idx)
+    test, pool = [], []
+    for idx in chosen:  # stratified: each class gives 20 % to test
+        n_test = max(1, round(_TEST_FRACTION * len(idx)))
+        test.extend(idx[:n_test])
+        pool.extend(idx[n_test:])
+    pool = rng.permutation(np.asarray(pool))
+    n_calib = min(calibration_size, len(pool) // 4)
+    n_val = min(validation_size, len(pool) // 4)
+    calib, val, train = pool[:n_calib], pool[n_calib:n_calib + n_val], pool[n_calib + n_val:]
+    if len(train) == 0 or len(test) == 0 or n_val == 0 or n_calib == 0:
+        raise DataError(f"{root}: too few texts ({len(texts)}) for non-empty train/calibration/validation/test splits")
+    pad = _pad_id(tokenizer) if pad_id is None else pad_id
+    ids = encode(tokenizer, texts, max_length, pad_id=pad)
+    labels_t = torch.as_tensor(y, dtype=torch.long)
+    digest = hashlib.sha256()
+    for t, label in zip(texts, labels, strict=True):
+        digest.update(f"{label}\0".encode())
+        digest.update(t.encode("utf-8", errors="replace"))
+
+    def take(idx) -> tuple[Tensor, Tensor]:
+        idx = torch.as_tensor(np.sort(np.asarray(idx)), dtype=torch.long)
+        return ids[idx].contiguous(), labels_t[idx].contiguous()
+
+    (trx, tr_y), (cx, cy), (vx, vy), (tx, ty) = take(train), take(calib), take(val), take(test)
+    return TextSplits(name=name or Path(root).name, train_x=trx, train_y=tr_y, calib_x=cx, calib_y=cy, val_x=vx, val_y=vy,
+                      test_x=tx, test_y=ty, num_classes=len(classes), in_channels=1, image_size=max_length,
+                      content_hash=digest.hexdigest(), seed=seed, max_length=max_length, pad_id=pad,
+                      vocab_size=vocab_size or tokenizer.get_vocab_size(with_added_tokens=True), classes=tuple(classes))
+
+
+def load_text_file(path: str | os.PathLike, tokenizer, *, block_size: int = 128, max_tokens: int | None = None,
+                   test_fraction: float = 0.1, vocab_size: int | None = None) -> dict[str, Tensor]:
+    """A plain text file for language modelling: token windows (N, block_size), contiguous train / validation
+    / test parts (the last ``test_fraction`` of the text is test, the ``test_fraction`` before it validation)."""
+    p = _check_local(path)
+    if p.is_dir():
+        raise DataError(f"{p}: expected a plain text file, got a folder")
+    if vocab_size is not None:
+        check_tokenizer(tokenizer, vocab_size=vocab_size)
+    text = p.read_bytes().decode("utf-8", errors="replace")
+    if not text.strip():
+        raise DataError(f"{p}: empty text")
+    ids = tokenizer.encode(text, add_special_tokens=False).ids[:max_tokens]
+    n = len(ids) // block_size
+    if n < 3:
+        raise DataError(f"{p}: {len(ids)} tokens make fewer than 3 windows of {block_size}")
+    windows = torch.tensor(ids[:n * block_size], dtype=torch.long).view(n, block_size)
+    n_test = max(1, round(test_fraction * n))
+    return {"train": windows[:n - 2 * n_test], "validation": windows[n - 2 * n_test:n - n_test], "test": windows[n - n_test:]}

@@ -1,0 +1,253 @@
+"""Hugging Face text models in and out of idap: load pretrained weights, save a pruned model as a Hugging
+Face directory with its per-layer shapes, reload it to identical outputs, rebuild it as a ``transformers``
+model, export it to ONNX.
+
+A saved directory holds ``config.json`` (the Hugging Face config, ``num_hidden_layers`` = kept layers),
+``model.safetensors`` (Hugging Face key names, plus ``classifier.*`` for an encoder classifier), the
+tokenizer files, and ``idap_text.json``: the architecture (``bert_classifier`` or ``llama_lm``, the only
+two — no code is named or imported from a file), the dense shape, the per-layer kept heads / key-value
+groups and FFN widths, the removed layers, and a parity probe (token ids and the logits they gave).
+
+Example:
+    >>> model = load_bert_classifier("minilm_dir", num_classes=5)                 # doctest: +SKIP
+    >>> save_text_model(model, "out/minilm", tokenizer_dir="minilm_dir")          # doctest: +SKIP
+    >>> same = load_text_model("out/minilm")                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from idap.lm import (
+    BertClassifier,
+    BertShape,
+    LlamaLM,
+    LlamaShape,
+    TextModelError,
+    hf_state,
+    layer_shapes,
+    load_hf_state,
+    reshape_layers,
+)
+
+META_FILE, WEIGHTS_FILE, CONFIG_FILE = "idap_text.json", "model.safetensors", "config.json"
+FORMAT = 1
+PARITY_ATOL = 1e-4
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
+
+
+def _read_config(model_dir: Path) -> dict:
+    file = model_dir / CONFIG_FILE
+    if not file.is_file():
+        raise TextModelError(f"{model_dir}: no {CONFIG_FILE} (expected a Hugging Face model directory)")
+    return json.loads(file.read_text())
+
+
+def _read_weights(model_dir: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    file = model_dir / WEIGHTS_FILE
+    if not file.is_file():
+        raise TextModelError(f"{model_dir}: no {WEIGHTS_FILE} (pickled .bin checkpoints are not read)")
+    return load_file(str(file))
+
+
+def load_bert_classifier(model_dir: str | os.PathLike, num_classes: int, *, seed: int = 0) -> BertClassifier:
+    """A pretrained BERT encoder (Hugging Face directory: config.json + model.safetensors) with a new,
+    seeded linear classifier over masked mean pooling."""
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    if config.get("model_type") != "bert":
+        raise TextModelError(f"{model_dir}: model_type {config.get('model_type')!r} is not 'bert'")
+    torch.manual_seed(seed)
+    model = BertClassifier(BertShape.from_hf(config), num_classes)
+    return load_hf_state(model, _read_weights(model_dir)).eval()
+
+
+def bert_from_hf(hf_model, num_classes: int, *, seed: int = 0) -> BertClassifier:
+    """Our :class:`BertClassifier` from a ``transformers.BertModel`` instance (its weights copied)."""
+    torch.manual_seed(seed)
+    model = BertClassifier(BertShape.from_hf(hf_model.config), num_classes)
+    return load_hf_state(model, hf_model.state_dict()).eval()
+
+
+def llama_from_hf(hf_model) -> LlamaLM:
+    """Our :class:`LlamaLM` from a ``transformers.LlamaForCausalLM`` instance (its weights copied, float32)."""
+    model = LlamaLM(LlamaShape.from_hf(hf_model.config))
+    return load_hf_state(model, {k: v.float() for k, v in hf_model.state_dict().items()}).eval()
+
+
+def load_llama_gguf(gguf_file: str | os.PathLike) -> tuple[LlamaLM, object]:
+    """A Llama decoder and its tokenizer (``tokenizers.Tokenizer``) from a GGUF file, dequantized by
+    ``transformers`` (needs the ``gguf`` package)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf_file)
+    if not path.is_file():
+        raise TextModelError(f"{path}: no such GGUF file")
+    hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    return llama_from_hf(hf), tok.backend_tokenizer
+
+
+def _hf_config(model: nn.Module) -> dict:
+    kept = sum(not isinstance(layer, nn.Identity) for layer in model.layers)
+    s = model.shape
+    if isinstance(model, BertClassifier):
+        return {"architectures": ["BertModel"], "model_type": "bert", "vocab_size": s.vocab_size, "hidden_size": s.hidden,
+                "num_hidden_layers": kept, "num_attention_heads": s.heads, "intermediate_size": s.ffn,
+                "hidden_act": "gelu", "hidden_dropout_prob": s.dropout, "attention_probs_dropout_prob": s.dropout,
+                "max_position_embeddings": s.max_positions, "type_vocab_size": s.type_vocab, "layer_norm_eps": s.eps,
+                "pad_token_id": s.pad_id, "position_embedding_type": "absolute", "add_pooling_layer": False}
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": s.vocab_size, "hidden_size": s.hidden,
+            "num_hidden_layers": kept, "num_attention_heads": s.heads, "num_key_value_heads": s.kv_heads,
+            "head_dim": s.head_dim, "intermediate_size": s.ffn, "hidden_act": "silu", "rms_norm_eps": s.eps,
+            "rope_theta": s.rope_theta, "tie_word_embeddings": s.tie_embeddings, "max_position_embeddings": s.max_positions,
+            "attention_bias": False, "mlp_bias": False}
+
+
+def _arch(model: nn.Module) -> str:
+    if isinstance(model, BertClassifier):
+        return "bert_classifier"
+    if isinstance(model, LlamaLM):
+        return "llama_lm"
+    raise TextModelError(f"not an idap text model: {type(model).__name__}")
+
+
+def probe_ids(model: nn.Module, length: int = 16, batch: int = 2, seed: int = 0) -> Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(1, model.shape.vocab_size, (batch, length), generator=gen)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, ids: Tensor) -> Tensor:
+    was = model.training
+    model.eval()
+    try:
+        return model(ids.to(next(model.parameters()).device)).float().cpu()
+    finally:
+        model.train(was)
+
+
+def save_text_model(model: nn.Module, directory: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None = None,
+                    extra: dict | None = None) -> Path:
+    """Save ``model`` as a Hugging Face directory + ``idap_text.json`` (shapes, removed layers, parity probe)."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    ids = probe_ids(model)
+    shapes = layer_shapes(model)
+    meta = {"format": FORMAT, "architecture": _arch(model), "shape": model.shape.to_json(),
+            "num_classes": getattr(model, "num_classes", None), "layers": shapes,
+            "removed_layers": [i for i, s in enumerate(shapes) if s is None],
+            "probe": {"ids": ids.tolist(), "logits_sum": float(_logits(model, ids).double().sum())}, **(extra or {})}
+    state = {k: v.cpu() for k, v in hf_state(model).items()}
+    save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    save_file({"probe_logits": _logits(model, ids).contiguous()}, str(directory / "idap_probe.safetensors"))
+    (directory / CONFIG_FILE).write_text(json.dumps(_hf_config(model), indent=2))
+    (directory / META_FILE).write_text(json.dumps(meta, indent=2))
+    if tokenizer_dir is not None:
+        for name in _TOKENIZER_FILES:
+            if (Path(tokenizer_dir) / name).is_file():
+                shutil.copyfile(Path(tokenizer_dir) / name, directory / name)
+    return directory
+
+
+def load_text_model(directory: str | os.PathLike, *, check_parity: bool = True) -> nn.Module:
+    """Rebuild a model saved by :func:`save_text_model`; with ``check_parity`` its probe logits must match."""
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    file = directory / META_FILE
+    if not file.is_file():
+        raise TextModelError(f"{directory}: no {META_FILE} (not saved by idap.text_models.save_text_model)")
+    meta = json.loads(file.read_text())
+    if meta.get("format") != FORMAT:
+        raise TextModelError(f"{file}: format {meta.get('format')!r}, this idap reads {FORMAT}")
+    arch = meta.get("architecture")
+    if arch == "bert_classifier":
+        model = BertClassifier(BertShape(**meta["shape"]), int(meta["num_classes"]))
+    elif arch == "llama_lm":
+        model = LlamaLM(LlamaShape(**meta["shape"]))
+    else:
+        raise TextModelError(f"{file}: unknown architecture {arch!r}; known: ['bert_classifier', 'llama_lm']")
+    reshape_layers(model, meta["layers"])
+    load_hf_state(model, _read_weights(directory), strict_extra=True)
+    model.eval()
+    if check_parity:
+        ids = torch.tensor(meta["probe"]["ids"])
+        expected = load_file(str(directory / "idap_probe.safetensors"))["probe_logits"]
+        got = _logits(model, ids)
+        if got.shape != expected.shape or not torch.allclose(got, expected, atol=PARITY_ATOL, rtol=1e-4):
+            raise TextModelError(f"{directory}: reloaded model differs from the saved one on the parity probe "
+                                 f"(max |diff| {float((got - expected).abs().max()):.3g})")
+    return model
+
+
+def to_hf(model: nn.Module):
+    """The same network as a ``transformers`` ``BertModel`` (encoder only; the classifier is ours) or
+    ``LlamaForCausalLM``: built from the saved config, its linears resized to the pruned shapes, weights loaded."""
+    import transformers
+
+    config = _hf_config(model)
+    if isinstance(model, BertClassifier):
+        hf = transformers.BertModel(transformers.BertConfig(**config), add_pooling_layer=False)
+        layers, names = hf.encoder.layer, {"q": "attention.self.query", "k": "attention.self.key",
+                                            "v": "attention.self.value", "o": "attention.output.dense",
+                                            "up": "intermediate.dense", "down": "output.dense"}
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config))
+        layers, names = hf.model.layers, {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
+                                          "o": "self_attn.o_proj", "up": "mlp.up_proj", "gate": "mlp.gate_proj",
+                                          "down": "mlp.down_proj"}
+    kept = [layer for layer in model.layers if not isinstance(layer, nn.Identity)]
+    for ours, theirs in zip(kept, layers, strict=True):
+        attn = ours.attention
+        pairs = {"q": attn.q_proj, "k": attn.k_proj, "v": attn.v_proj, "o": attn.out_proj}
+        if isinstance(model, BertClassifier):
+            pairs.update(up=ours.ffn_in, down=ours.ffn_out)
+        else:
+            pairs.update(up=ours.up_proj, gate=ours.gate_proj, down=ours.down_proj)
+        for key, linear in pairs.items():
+            parent_name, _, child = names[key].rpartition(".")
+            parent = theirs.get_submodule(parent_name)
+            setattr(parent, child, nn.Linear(linear.in_features, linear.out_features, bias=linear.bias is not None))
+    state = {k: v for k, v in hf_state(model).items() if not k.startswith("classifier.")}
+    result = hf.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]
+    if missing or result.unexpected_keys:
+        raise TextModelError(f"Hugging Face rebuild: missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}")
+    if isinstance(model, LlamaLM) and model.shape.tie_embeddings:
+        hf.tie_weights()
+    return hf.eval()
+
+
+def export_text_onnx(model: nn.Module, path: str | os.PathLike, *, length: int = 128, opset: int = 17) -> Path:
+    """ONNX export on int64 token ids (input ``input_ids``, dynamic batch, fixed length), checked by onnx.checker."""
+    import warnings
+
+    import onnx
+
+    path = Path(path)
+    ids = probe_ids(model, length=length, batch=1).to(next(model.parameters()).device)
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (ids,), str(path), dynamo=False, input_names=["input_ids"],
+                              output_names=["logits"], dynamic_axes={"input_ids": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset)
+        onnx.checker.check_model(str(path))
+    except Exception as error:
+        raise TextModelError(f"{path}: ONNX export failed: {error}") from error
+    finally:
+        model.train(was)
+    return path
