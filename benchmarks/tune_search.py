@@ -34,12 +34,12 @@ SPACE = {
     "reduction": "macs",
     "space": {
         "filter.p0": {"loguniform": [0.02, 0.2]},
-        "filter.steps": {"randint": [3, 10]},
+        "filter.steps": {"randint": [3, 6]},
         "filter.alpha": {"uniform": [0.5, 3.0]},
         "filter.ranking": {"choice": ["score", "score_per_mac"]},
         "filter.score_point": {"choice": ["pre", "post"]},
         "layer.epsilon": {"uniform": [0.1, 2.0]},
-        "layer.max_removals": {"randint": [0, 4]},
+        "layer.max_removals": {"randint": [0, 2]},
         "recovery.lambda_feat": {"uniform": [0.0, 2.0]},
         "recovery.lambda_kd": {"uniform": [0.0, 2.0]},
         "recovery.teacher": {"choice": ["previous", "dense"]},
@@ -50,10 +50,10 @@ PRESETS = {
     # what the issue asks for: 16 trials, the full data, the recipe's own budgets
     "full": {"num_samples": 16, "train_limit": None, "test_limit": None, "train_epochs": 4.0, "overrides": {
         "filter.steps": 8}},
-    # one core on a shared 2-core VM, under an hour: 3,000 training images, short recoveries, 6 trials
-    "reduced": {"num_samples": 6, "train_limit": 3000, "test_limit": 2000, "train_epochs": 3.0, "overrides": {
-        "filter.steps": 5, "recovery.step_budget": 10, "recovery.final_budget": 80, "calibration_size": 256,
-        "validation_size": 1000, "layer.max_removals": 2}},
+    # one core on a shared 2-core VM, under an hour: 3,000 training images, very short recoveries, 5 trials
+    "reduced": {"num_samples": 5, "train_limit": 3000, "test_limit": 2000, "train_epochs": 3.0, "overrides": {
+        "filter.steps": 4, "recovery.step_budget": 5, "recovery.final_budget": 60, "calibration_size": 256,
+        "validation_size": 1000, "layer.max_removals": 1}},
     # checks the script end to end in a minute or two
     "smoke": {"num_samples": 2, "train_limit": 600, "test_limit": 300, "train_epochs": 0.3, "overrides": {
         "filter.steps": 4, "recovery.step_budget": 2, "recovery.final_budget": 5, "calibration_size": 128,
@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from components import _tune
     from components._settings import telemetry_off
-    from idap.bundle import load_bundle, save_bundle
+    from idap.bundle import load_bundle, read_bundle_info, save_bundle
     from idap.cli import train_dense
     from idap.config import Recipe
     from idap.data import fetch_dataset, load_dataset
@@ -105,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = None
     if (dense_dir / "architecture.json").is_file():  # trained by an earlier (interrupted) run
         dense = load_bundle(dense_dir)
+        train_seconds = (read_bundle_info(dense_dir).get("metadata") or {}).get("train_seconds")
     else:
         t0 = time.perf_counter()
         dense, metrics = train_dense("resnet20", data, epochs=preset["train_epochs"], seed=base.seed, device="cpu",
