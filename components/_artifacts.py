@@ -17,7 +17,7 @@ from pathlib import Path
 
 from torch import nn
 
-from components._settings import DEFAULT_IMAGE
+from components._settings import load_settings
 from idap.bundle import read_bundle_info, save_bundle
 from idap.cli import print_step
 from idap.config import ConfigError, Recipe
@@ -32,7 +32,7 @@ KEEP = -1
 
 def component_image() -> str:
     """The image every step runs in, fixed when the pipeline is compiled: $IDAP_IMAGE or the release image."""
-    return os.environ.get("IDAP_IMAGE") or DEFAULT_IMAGE
+    return load_settings().image
 
 
 # ---- recipe ------------------------------------------------------------------------------------
