@@ -325,6 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("import", help="turn trained weights (or a bundle) into a checked bundle")
     add_import_arguments(p)
+    from idap.text_cli import add_text_commands  # idap text finetune | compress | evaluate
+
+    add_text_commands(sub)
     for name, p in sub.choices.items():
         if name != "data":
             p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
