@@ -549,18 +549,29 @@ def _registry_version(client, uri: str) -> str:
 
 
 def _check_bundle(directory: Path) -> dict:
-    """Load and parity-check a bundle; an example input (the probe's first row) and the model's output on it."""
+    """Load and parity-check a bundle; an example input and the model's output on it.
+
+    The example is the parity probe's first row, given in the served model's input space: raw pixels
+    where the bundle records a normalisation (``input_spec`` mean / std / scale; ``mlflow_model`` applies
+    it inside), the probe itself otherwise."""
     import numpy as np
     import torch
     from safetensors.numpy import load_file
 
-    from idap.bundle import PARITY, load_bundle, read_bundle_info
+    from idap.bundle import PARITY, load_bundle, read_bundle_info, read_input_spec
 
     model = load_bundle(directory, verify=True)
     info = read_bundle_info(directory)
-    example = np.ascontiguousarray(load_file(str(Path(directory) / PARITY))["input"][:1].astype(np.float32))
+    probe = np.ascontiguousarray(load_file(str(Path(directory) / PARITY))["input"][:1].astype(np.float32))
     with torch.no_grad():
-        expected = model(torch.from_numpy(example)).numpy()
+        expected = model(torch.from_numpy(probe)).numpy()
+    spec = read_input_spec(directory)
+    example = probe
+    if spec.get("mean") is not None and spec.get("std") is not None:
+        shape = (1, probe.shape[1], 1, 1)
+        mean = np.asarray(spec["mean"], dtype=np.float32).reshape(shape)
+        std = np.asarray(spec["std"], dtype=np.float32).reshape(shape)
+        example = np.ascontiguousarray((probe * std + mean) / float(spec.get("scale") or 1.0), dtype=np.float32)
     return {"input_shape": tuple(info["architecture"]["input_shape"]), "num_classes": int(expected.shape[1]),
             "example": example, "expected": expected}
 

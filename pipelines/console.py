@@ -199,6 +199,7 @@ class StepConsole:
 
 def describe(step: str, records: list[dict], headline: str) -> str:
     """What a step did, in a few words, from its trajectory lines or its own result line."""
+    records = [r for r in records if r["stage"] != "dense"]  # the dense reference a step starts from
     if records:
         kept = [r for r in records if r["action"] in ("prune", "remove_block", "finetune")]
         first, last = records[0], (kept or records)[-1]
@@ -211,6 +212,8 @@ def describe(step: str, records: list[dict], headline: str) -> str:
             topup = sum(1 for r in records if r["stage"] == "filter" and r["action"] == "prune")
             if topup:
                 parts.append(f"{topup} filter top-up step(s)")
+            if not kept:
+                return f"{', '.join(parts)}; MACs unchanged"
             return f"{', '.join(parts)}; MACs {last['macs']:,}, val {last['val_acc']:.2f}%"
         if first["stage"] == "filter":
             stops = [r for r in records if r["action"] in ("rollback", "stop")]

@@ -512,3 +512,20 @@ def test_version_description_says_what_and_why(workdir, client, bundles, digits)
     assert RECIPE.digest() in text
     other = client.get_model_version(NAME, second["version"]).description
     assert "Decision: **challenger** — stays challenger: not lower" in other
+
+
+def test_a_bundle_that_normalises_inside_registers(workdir, client, bundles, digits, tmp_path):
+    """The served model takes raw pixels when the bundle records a normalisation: the parity check before
+    registering feeds it raw pixels too (the probe, un-normalised)."""
+    torch.manual_seed(7)
+    spec = {"mean": [3.0], "std": [2.5], "scale": 1.0}
+    path = save_bundle(create_model("cnn_small", 10, 1, 8), tmp_path / "normalised", input_shape=(1, 8, 8),
+                       input_spec=spec)
+    result = registry.register_and_promote(
+        parent_run_id=None, model_dir=path, dense_dir=bundles["dense"], report=make_report(), recipe=RECIPE,
+        dataset=digits.describe(), registered_name="normalised", base_model=str(bundles["dense"]))
+    assert result["created"] and result["decision"] == "champion"
+    served = mlflow.pyfunc.load_model("models:/normalised@champion")
+    probe = load_file(str(path / "parity.safetensors"))
+    raw = probe["input"] * 2.5 + 3.0
+    assert np.allclose(served.predict(raw), probe["output"], atol=1e-4)
