@@ -43,7 +43,7 @@ SPACE = {
         "recovery.lambda_feat": {"uniform": [0.0, 2.0]},
         "recovery.lambda_kd": {"uniform": [0.0, 2.0]},
         "recovery.teacher": {"choice": ["previous", "dense"]},
-        "stage_slack": {"uniform": [0.0, 4.0]},
+        "stage_slack": {"uniform": [0.0, 12.0]},
     },
 }
 PRESETS = {
@@ -51,8 +51,9 @@ PRESETS = {
     "full": {"num_samples": 16, "train_limit": None, "test_limit": None, "train_epochs": 4.0, "overrides": {
         "filter.steps": 8}},
     # one core on a shared 2-core VM, under an hour: 3,000 training images, very short recoveries, 5 trials
-    # (the dense model is weak, ~74 % validation, and a 5-step recovery loses more than 1 pp on any first step:
-    # with the recipe's 1 pp budget no trial compressed at all, so the reduced run allows 3 pp)
+    # (the dense model is weak, ~74 % validation, and a 5-step recovery loses ~10 pp on a first 5 % step
+    # (measured): with the recipe's 1 pp budget and 1.5 pp slack nothing compresses, so the reduced run allows
+    # 3 pp on the final model and searches the stages' slack up to 12 pp; the final fine-tune wins it back)
     "reduced": {"num_samples": 5, "train_limit": 3000, "test_limit": 2000, "train_epochs": 3.0, "overrides": {
         "filter.steps": 4, "recovery.step_budget": 5, "recovery.final_budget": 60, "calibration_size": 256,
         "validation_size": 1000, "layer.max_removals": 1, "max_accuracy_drop": 3.0}},
