@@ -26,6 +26,7 @@ RECIPE = {
     "recovery": {"step_budget": 10, "final_budget": 10, "batch_size": 64},
 }
 TRAIN_EPOCHS = 10
+CANARY = "canary-7f3c9a-do-not-log"
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +36,8 @@ def run(tmp_path_factory):
     (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
     env = {**os.environ, "IDAP_WORKDIR": str(root / "work"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'work/mlflow.db'}",
            "IDAP_EXPERIMENT": "local-run-test",
+           # planted credentials: none may reach any output, log, database or artifact (test_planted_secrets...)
+           "AWS_SECRET_ACCESS_KEY": CANARY, "MLFLOW_TRACKING_PASSWORD": CANARY, "KFP_TOKEN": CANARY,
            # one thread per step: two OpenMP threads per process spin against each other on 2 shared cores
            "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
@@ -115,3 +118,13 @@ def test_same_answer_as_idap_compress_in_one_process(run, tmp_path):
     assert piped["widths"] == direct["widths"] and piped["removed_blocks"] == direct["removed_blocks"]
     assert piped["recipe"] == direct["recipe"] and piped["dataset"] == direct["dataset"]
     assert json.loads(json.dumps(piped["warnings"])) == direct["warnings"]
+
+
+def test_planted_secrets_appear_in_no_output_log_database_or_artifact(run):
+    assert CANARY not in run["stdout"] and CANARY not in run["stderr"]
+    scanned = 0
+    for path in run["root"].rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            scanned += 1
+            assert CANARY.encode() not in path.read_bytes(), f"secret found in {path}"
+    assert scanned > 20  # the sqlite database, MLflow artifacts, step logs, bundles and reports were all read
