@@ -32,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -399,13 +400,31 @@ def _list_images(directory: Path, classes: list[str]) -> tuple[list[Path], np.nd
 
 
 def _hash_files(root: Path, files: list[Path]) -> str:
-    """sha256 over every file's relative path and bytes, read in order one file at a time (constant memory)."""
+    """sha256 over every file's relative path and bytes, read in order one file at a time (constant memory).
+
+    Reading 60,000 files takes tens of seconds, so the digest is cached under ``cache_dir()/content-hashes``,
+    keyed by the listing (relative paths, sizes, modification times): a changed file is hashed again.
+    """
+    listing = hashlib.sha256()
+    for file in files:
+        st = file.stat()
+        listing.update(f"{file.relative_to(root).as_posix()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    cached = cache_dir() / "content-hashes" / f"{listing.hexdigest()}.txt"
+    if cached.is_file():
+        text = cached.read_text().strip()
+        if len(text) == 64:
+            return text
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.relative_to(root).as_posix().encode() + b"\0")
         with open(file, "rb") as fh:
             while chunk := fh.read(1 << 20):
                 digest.update(chunk)
+    with contextlib.suppress(OSError):  # a read-only cache only costs the next open another pass
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(digest.hexdigest())
+        tmp.rename(cached)
     return digest.hexdigest()
 
 

@@ -234,3 +234,15 @@ def test_folder_larger_than_memory_compresses(tmp_path):
     growth = figures["peak_mb"] - figures["baseline_mb"]
     assert figures["train"] > 2000 and figures["steps"] >= 3
     assert growth < as_tensors_mb / 3, (growth, as_tensors_mb, figures)
+
+
+def test_content_hash_cached_and_renewed_on_change(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDAP_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "f", per_class=4, split=False)
+    first = open_image_folder(root, calibration_size=1, validation_size=1, workers=0).content_hash
+    assert len(list((tmp_path / "cache" / "content-hashes").iterdir())) == 1
+    assert open_image_folder(root, calibration_size=1, validation_size=1, workers=0).content_hash == first
+    image = next((root / "a").iterdir())
+    Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
+    os.utime(image, ns=(1, 1))  # a different mtime even on a coarse clock
+    assert open_image_folder(root, calibration_size=1, validation_size=1, workers=0).content_hash != first
