@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 import time
@@ -225,7 +226,9 @@ def _filter_limit(filt: list[dict], n_steps: int | None) -> str:
     last, done = filt[-1], sum(1 for s in filt if s["action"] == "prune")
     note = last.get("note", "")
     if last["action"] == "rollback":
-        return f"the accuracy budget — step {last['index']} was rolled back ({note}), {done} step(s) kept"
+        drop = re.search(r"accuracy drop [\d.]+ pp > budget [\d.]+ pp", note)
+        return (f"the accuracy budget — step {last['index']} was rolled back ({drop.group(0) if drop else note}), "
+                f"{done} step(s) kept")
     if last["action"] == "stop" and "floors" in note:
         return f"the per-layer floors — nothing left above filter.min_channels / min_fraction after {done} step(s)"
     if last["action"] == "stop" and "target reached" in note:

@@ -217,7 +217,14 @@ def describe(step: str, records: list[dict], headline: str) -> str:
             return f"{', '.join(parts)}; MACs {last['macs']:,}, val {last['val_acc']:.2f}%"
         if first["stage"] == "filter":
             stops = [r for r in records if r["action"] in ("rollback", "stop")]
-            why = f" ({stops[-1]['action']}: {stops[-1]['rest'][:60]})" if stops else ""
+            why = ""
+            if stops and stops[-1]["action"] == "rollback":
+                drop = re.search(r"accuracy drop [\d.]+ pp > budget [\d.]+ pp", stops[-1]["rest"])
+                why = f", step {stops[-1]['index']} rolled back ({drop.group(0) if drop else 'accuracy budget'})"
+            elif stops:
+                why = f", then stopped ({re.sub(r' [(][0-9.]+s[)]$', '', stops[-1]['rest'])})"
+            if not kept:
+                return f"0 pruning steps{why}; MACs unchanged"
             return f"{len(kept)} pruning step(s){why}; MACs {last['macs']:,}, params {last['params']:,}, val {last['val_acc']:.2f}%"
         return f"MACs {last['macs']:,}, params {last['params']:,}, val {last['val_acc']:.2f}%"
     text = re.sub(r" -> \S+$", "", headline)  # the artifact path: in the log, and printed at the end

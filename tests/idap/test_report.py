@@ -35,7 +35,8 @@ def test_missed_target_is_said_plainly_with_the_limit_that_stopped_it():
     assert report["within_budget"] is True and report["target_met"] is False
     assert report["targets"] == {"macs_reduction": {"target": 2.0, "reached": pytest.approx(1.34, abs=0.01),
                                                     "met": False}}
-    assert report["stopped_by"][0].startswith("stage 1 (filters): the accuracy budget — step 2 was rolled back")
+    assert report["stopped_by"][0] == ("stage 1 (filters): the accuracy budget — step 2 was rolled back "
+                                       "(accuracy drop 1.20 pp > budget 1.0 pp), 2 step(s) kept")
     assert "1 essential" in report["stopped_by"][1]
     warning = report["warnings"][0]
     assert warning.startswith("target not reached: asked for 2x fewer MACs (reached 1.34x) within 1.0 pp; stopped by:")

@@ -50,7 +50,7 @@ def test_one_line_per_step_and_everything_in_the_log(tmp_path):
     assert lines[0].startswith("[1/8] prepare-data") and " ok " in lines[0]
     assert lines[0].endswith("fashion-mnist train: 20000, validation: 2000")
     assert lines[1].startswith("[2/8] prune-filters")
-    assert "2 pruning step(s) (rollback: 30 channels accuracy drop 4.05 pp > budget 3.5 pp" in lines[1]
+    assert "2 pruning step(s), step 2 rolled back (accuracy drop 4.05 pp > budget 3.5 pp)" in lines[1]
     assert "MACs 11,000,000, params 150,000, val 85.90%" in lines[1]
     assert "Got executor_input" in log and '"parameterValues"' in log and "\x1b[" not in log
     assert [d["step"] for d in console.done] == ["prepare-data", "prune-filters"]
