@@ -217,7 +217,7 @@ def test_import_fine_tune_then_compress_streamed(tmp_path):
     save_file(tiny_net(5, 3, 16, width=16).state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["import", "--model", "tests.idap.factories:tiny_net", "--option", "width=16", "--weights",
                  str(tmp_path / "w.safetensors"), "--num-classes", "3", "--image-size", "16", "--fine-tune", str(spec),
-                 "--epochs", "3", "--lr", "0.05", "--validation-size", "30", "--quiet", "--out", str(tmp_path / "ft")]) == 0
+                 "--epochs", "3", "--lr", "0.05", "--validation-size", "30", "--calibration-size", "32", "--quiet", "--out", str(tmp_path / "ft")]) == 0
     info = read_bundle_info(tmp_path / "ft")
     assert info["metadata"]["fine_tune"]["val_acc"] > 60.0  # 3 classes: chance is 33 %
     assert info["architecture"]["num_classes"] == 3
