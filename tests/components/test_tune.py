@@ -363,3 +363,35 @@ def test_idap_tune_trains_a_dense_model_and_prints_the_winner(tracking_env, ray_
     assert state["sources"]["train_limit"] == 512  # --smoke-test shrinks the data too
     assert main(["tune", "--dataset", "digits", "--experiment-dir", str(exp)]) == 2  # a second search there: refused
     assert "already holds a search" in capsys.readouterr().err
+
+
+KILL_ALPHA = 2.998  # a trial with exactly this alpha kills its own Ray worker process (SIGKILL)
+
+
+def killing_compress(dense, data, recipe, **kw):
+    """The library's compress, except that one configuration dies as an OOM-killed worker would."""
+    from idap.compress import compress
+
+    if recipe.filter.alpha == KILL_ALPHA:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return compress(dense, data, recipe, **kw)
+
+
+@slow
+def test_a_ray_worker_killed_during_a_trial_fails_that_trial_and_the_search_finishes(
+        tracking_env, ray_session, dense_setup, tmp_path):
+    s = dense_setup
+    space = SearchSpace.from_dict({**SPACE, "objective": "constrained", "num_samples": 3})
+    result = _tune.run_search(
+        data=s["data"], dense=s["dense"], base=s["base"], space=space, experiment_dir=tmp_path / "killed",
+        max_concurrent=1, seed=0, measure_latency=False, compress_fn=killing_compress, run_name="worker-killed",
+        extra_points=[{"filter.alpha": KILL_ALPHA}, {"filter.p0": 0.3}])
+    [killed] = [t for t in result.trials if t["config"]["filter.alpha"] == KILL_ALPHA]
+    assert killed["status"] == "failed" and killed["error"]
+    after = result.trials[result.trials.index(killed) + 1:]
+    assert after and all(t["status"] in ("complete", "stopped") for t in after)  # a new worker took over
+    assert result.winner is not None and result.winner["status"] == "complete"
+    client, children = _children(result.search_run_id)
+    statuses = {r.data.params.get("filter.alpha"): r.info.status for r in children}
+    assert statuses.get(str(KILL_ALPHA)) == "FAILED"
+    assert all(st in ("FINISHED", "KILLED", "FAILED") for st in statuses.values())  # nothing left RUNNING
