@@ -228,7 +228,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     pipeline = load_pipeline(args.name)
     arguments = pipeline_arguments(pipeline, args.params, args.recipe)
     result = kfp_client.submit(pipeline, host=args.host, arguments=arguments, experiment=args.experiment,
-                               run_name=args.run_name, namespace=args.namespace)
+                               run_name=args.run_name, namespace=args.namespace,
+                               service_account=args.service_account)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -239,7 +240,8 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     arguments = pipeline_arguments(pipeline, args.params, args.recipe)
     result = kfp_client.schedule(pipeline, host=args.host, cron=cron, arguments=arguments,
                                  name=args.schedule_name or f"{pipeline.name} {cron}", experiment=args.experiment,
-                                 max_concurrency=args.max_concurrency, namespace=args.namespace)
+                                 max_concurrency=args.max_concurrency, namespace=args.namespace,
+                                 service_account=args.service_account)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -452,6 +454,9 @@ def _add_remote(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", required=True, help="Kubeflow Pipelines API URL; token from $KFP_TOKEN")
     p.add_argument("--experiment", default="idap", help="KFP experiment (created when missing)")
     p.add_argument("--namespace", default=None, help="Kubernetes namespace (multi-user Kubeflow)")
+    p.add_argument("--service-account", default=None,
+                   help="service account of the run's pods, e.g. idap-pipeline-runner from infra/ (default: the "
+                        "cluster's, on multi-user Kubeflow the Profile's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -126,21 +126,27 @@ def _compiled(pipeline, directory: str) -> str:
 
 
 def submit(pipeline, *, host: str, arguments: dict, experiment: str, run_name: str | None = None,
-           namespace: str | None = None) -> dict:
-    """Compile ``pipeline`` and start one run of it in ``experiment`` (created when missing)."""
+           namespace: str | None = None, service_account: str | None = None) -> dict:
+    """Compile ``pipeline`` and start one run of it in ``experiment`` (created when missing).
+
+    Args:
+        service_account: the Kubernetes service account the run's pods use (``idap-pipeline-runner`` from
+            infra/); None leaves the cluster's default (on multi-user Kubeflow, the Profile's).
+    """
     client = connect(host)
     with tempfile.TemporaryDirectory() as tmp, _api(host):
         result = client.create_run_from_pipeline_package(
             _compiled(pipeline, tmp), arguments=arguments, run_name=run_name, experiment_name=experiment,
-            namespace=namespace)
+            namespace=namespace, service_account=service_account)
     run_id = result.run_id
     return {"run_id": run_id, "pipeline": pipeline.name, "experiment": experiment,
             "url": f"{host.rstrip('/')}/#/runs/details/{run_id}"}
 
 
 def schedule(pipeline, *, host: str, cron: str, arguments: dict, name: str, experiment: str,
-             max_concurrency: int = 1, namespace: str | None = None) -> dict:
-    """Create a recurring run of ``pipeline`` on ``cron`` (validated, 6-field) in ``experiment``."""
+             max_concurrency: int = 1, namespace: str | None = None, service_account: str | None = None) -> dict:
+    """Create a recurring run of ``pipeline`` on ``cron`` (validated, 6-field) in ``experiment``
+    (``service_account`` as for :func:`submit`)."""
     cron = normalize_cron(cron)
     if max_concurrency < 1:
         raise ValueError(f"--max-concurrency must be >= 1, got {max_concurrency}")
@@ -149,6 +155,7 @@ def schedule(pipeline, *, host: str, cron: str, arguments: dict, name: str, expe
         exp = client.create_experiment(name=experiment, namespace=namespace)
         job = client.create_recurring_run(
             experiment_id=exp.experiment_id, job_name=name, cron_expression=cron, max_concurrency=max_concurrency,
-            params=arguments, pipeline_package_path=_compiled(pipeline, tmp), no_catchup=True)
+            params=arguments, pipeline_package_path=_compiled(pipeline, tmp), no_catchup=True,
+            service_account=service_account)
     return {"recurring_run_id": job.recurring_run_id, "name": name, "pipeline": pipeline.name, "cron": cron,
             "max_concurrency": max_concurrency, "experiment": experiment, "experiment_id": exp.experiment_id}

@@ -106,7 +106,9 @@ def test_submit_creates_a_run_with_the_compiled_pipeline_and_parameters(kfp_api,
     [run] = _posts(server, "runs")
     body = run["body"]
     assert body["display_name"] == "r1" and body["experiment_id"] == "exp-1"
-    spec = body["pipeline_spec"]
+    # with a Kubernetes platform spec the client sends both: {"pipeline_spec": ..., "platform_spec": ...}
+    assert "kubernetes" in body["pipeline_spec"]["platform_spec"]["platforms"]
+    spec = body["pipeline_spec"]["pipeline_spec"]
     assert spec["pipelineInfo"]["name"] == "idap-compress"
     assert "register-model" in spec["root"]["dag"]["tasks"]
     params = body["runtime_config"]["parameters"]
@@ -128,7 +130,7 @@ def test_schedule_creates_a_recurring_run_with_6_field_cron(kfp_api, capsys):
     assert body["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * MON-FRI"
     assert int(body["max_concurrency"]) == 2
     assert body["display_name"] == "weekday-compress" and body["mode"] == "ENABLE" and body["no_catchup"] is True
-    assert body["pipeline_spec"]["pipelineInfo"]["name"] == "idap-compress"
+    assert body["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "idap-compress"
     assert body["runtime_config"]["parameters"] == {"registered_name": "cnn-fashion"}
 
 
@@ -184,3 +186,17 @@ def test_cron_accepted(given, expected):
 def test_cron_refused_with_the_field_named(bad, match):
     with pytest.raises(CronError, match=match):
         normalize_cron(bad)
+
+
+def test_runs_use_the_service_account_the_user_names(kfp_api, capsys):
+    server, host = kfp_api
+    assert main(["pipeline", "submit", "--host", host, "--service-account", "idap-pipeline-runner"]) == 0
+    assert main(["pipeline", "schedule", "--host", host, "--cron", "0 3 * * *",
+                 "--service-account", "idap-pipeline-runner"]) == 0
+    capsys.readouterr()
+    [run] = _posts(server, "runs")
+    [job] = _posts(server, "recurringruns")
+    assert run["body"]["service_account"] == "idap-pipeline-runner"
+    assert job["body"]["service_account"] == "idap-pipeline-runner"
+    assert main(["pipeline", "submit", "--host", host]) == 0  # by default the cluster decides
+    assert not _posts(server, "runs")[-1]["body"].get("service_account")
