@@ -311,12 +311,13 @@ def step_run(parent_run_id: str | None, step: str, *, params: dict | None = None
     client = _client(settings)
     parent_run_id = parent_run_id or None
     with _clear_errors(settings.tracking_uri):
-        tags = {"idap.step": step, "idap.code_version": code_version(), **_source_tags()}
+        tags = {"idap.step": step, "idap.code_version": code_version(), **_source_tags(), **_owner_tags()}
         if parent_run_id:
             experiment_id = client.get_run(parent_run_id).info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
         else:
             experiment_id = _experiment_id(settings)
+        end_dead_runs(client, experiment_id)
         if step in STEP_ORDER and parent_run_id:
             tags["idap.step_index"] = STEP_ORDER.index(step) + 1
         name = f"{tags['idap.step_index']:02d} {step}" if "idap.step_index" in tags else step
@@ -339,6 +340,53 @@ def step_run(parent_run_id: str | None, step: str, *, params: dict | None = None
     else:
         _stop_system_metrics(monitor)
         _terminate(client, run.info.run_id, "FINISHED", settings.tracking_uri)
+
+
+# --- runs whose process died ---------------------------------------------------------------------------------
+# A step run lives exactly as long as the process inside ``step_run``; these tags say which process that is,
+# so a later run on the same host can tell a run left RUNNING by a SIGKILL (or an OOM kill) from a live one.
+OWNER_TAGS = ("idap.owner_host", "idap.owner_pid", "idap.owner_started")
+
+
+def _process_started(pid: int) -> str | None:
+    """When process ``pid`` started (psutil), or None when it does not exist."""
+    import psutil
+
+    try:
+        return f"{psutil.Process(pid).create_time():.2f}"
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+def _owner_tags() -> dict:
+    import socket
+
+    return dict(zip(OWNER_TAGS, (socket.gethostname(), os.getpid(), _process_started(os.getpid())), strict=True))
+
+
+def end_dead_runs(client, experiment_id: str) -> list[str]:
+    """Mark KILLED every RUNNING step run of this host whose process is gone; returns their ids.
+
+    Only runs tagged by ``step_run`` are looked at (a pipeline's parent run legitimately outlives the
+    step that opened it) and only those of this host (another machine's processes cannot be seen).
+    """
+    import socket
+
+    host = socket.gethostname()
+    with contextlib.suppress(Exception):  # housekeeping: never the reason a run cannot start
+        runs = client.search_runs([experiment_id], max_results=200,
+                                  filter_string=f"attributes.status = 'RUNNING' and tags.`idap.owner_host` = '{host}'")
+        dead = []
+        for run in runs:
+            tags = run.data.tags
+            pid = int(tags.get("idap.owner_pid", "0") or 0)
+            if pid and _process_started(pid) != tags.get("idap.owner_started"):
+                client.set_tag(run.info.run_id, "idap.error",
+                               f"process {pid} on {host} ended while the run was RUNNING (killed); marked KILLED")
+                client.set_terminated(run.info.run_id, "KILLED")
+                dead.append(run.info.run_id)
+        return dead
+    return []
 
 
 def _terminate(client, run_id: str, status: str, uri: str) -> None:
