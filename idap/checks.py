@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from idap.data import DataError, DataSplits
+from idap.metrics import is_streamed
 
 _SPLITS = ("train", "calib", "val", "test")
 
@@ -37,7 +38,8 @@ def check_data(data: DataSplits, *, need_train: bool = True) -> None:
                         f"came out as mean {data.mean}, std {data.std}); clean the data first")
     for split in _SPLITS:
         x, y = getattr(data, f"{split}_x"), getattr(data, f"{split}_y")
-        if x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
+        # a streamed split decodes 8-bit image files: finite by construction, and not read here
+        if not is_streamed(x) and x.is_floating_point() and x.numel() and not bool(torch.isfinite(x).all()):
             bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
             raise DataError(f"dataset {data.name}: {bad} {split} samples hold NaN or Inf values; "
                             "clean the data (or its normalization statistics) first")
