@@ -42,7 +42,7 @@ from idap.bundle import load_bundle, save_bundle
 from idap.compress import compress
 from idap.config import Recipe
 from idap.data import DataSplits, load_dataset
-from idap.metrics import accuracy, resolve_device
+from idap.metrics import accuracy, cpu_name, resolve_device
 from idap.models import create_model
 from idap.recovery import recover, train
 from idap.report import evaluate_model, measure_speed
@@ -320,20 +320,10 @@ def print_plan(preset: Preset, jobs: list[Job], plan: dict) -> None:
     log("\n".join(lines))
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def where(device: torch.device) -> str:
     """One line naming the hardware a job ran on (results may be computed on one machine and timed on another)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    return f"{name}, host {cpu_model()} ({os.cpu_count()} cores), torch {torch.__version__}"
+    return f"{name}, host {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}"
 
 
 def machine_info(device: torch.device) -> dict:
@@ -346,7 +336,7 @@ def machine_info(device: torch.device) -> dict:
 
     dirty = git("status", "--porcelain", "--", "idap", "benchmarks")
     return {
-        "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__, "torch_pruning": metadata.version("torch-pruning"), "python": platform.python_version(),
         "platform": platform.platform(), "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,

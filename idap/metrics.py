@@ -376,12 +376,13 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _machine(device: torch.device) -> dict:
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
     return {"threads": torch.get_num_threads(), "device": str(device), "device_name": name}
 
 
 @functools.cache
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), for naming the machine a measurement ran on."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
             for line in cpuinfo:
