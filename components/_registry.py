@@ -158,6 +158,7 @@ def register_and_promote(
             tags = _version_tags(client, figures=figures, digest=digest, recipe=recipe, dataset=dataset, report=report,
                                  base_model=base_model, dense_uri=dense_info.model_uri, parent_run_id=parent_run_id,
                                  run_id=tracker.run_id, objective=objective, tolerance_pp=tolerance_pp)
+            tags["idap.input"] = input_contract(checked)  # what to send the served model, in view on the version
         with _store_lock(settings), _clear_errors(settings.tracking_uri):
             version = _find_version(client, registered_name, digest) if existing is None else existing
             created = version is None
@@ -572,34 +573,55 @@ def _check_bundle(directory: Path) -> dict:
         mean = np.asarray(spec["mean"], dtype=np.float32).reshape(shape)
         std = np.asarray(spec["std"], dtype=np.float32).reshape(shape)
         example = np.ascontiguousarray((probe * std + mean) / float(spec.get("scale") or 1.0), dtype=np.float32)
+    normalization = spec if spec.get("mean") is not None and spec.get("std") is not None else None
     return {"input_shape": tuple(info["architecture"]["input_shape"]), "num_classes": int(expected.shape[1]),
-            "example": example, "expected": expected}
+            "example": example, "expected": expected, "normalization": normalization}
 
 
 def _log_bundle_model(run_id: str, bundle_dir: Path, name: str, checked: dict):
-    """Log a bundle as a models-from-code pyfunc (no pickle) with signature, input example and explicit pip
-    requirements (inference of requirements would take 9-19 s). idap's sources travel with the model
-    (``code_paths``), so it loads where idap is not installed, with the code that built it."""
+    """Log a bundle as a models-from-code pyfunc (no pickle) with explicit pip requirements (inference of
+    requirements would take 9-19 s). idap's sources travel with the model (``code_paths``), so it loads where
+    idap is not installed, with the code that built it.
+
+    No tensor signature: MLflow enforces a tensor spec's dtype and rank strictly (float64 or one sample
+    without the batch axis would be refused before the model sees it) and would infer one from an input
+    example, so the served model checks its input itself (``components/mlflow_model.py``) and the contract
+    is written in the model's metadata (``idap_input``) and the version's tags and description. The example
+    request ships as the artifact ``input_example.json`` (``{"inputs": ...}``, raw pixels). Everything is
+    logged from relative paths in a scratch directory, so MLmodel names no path of this machine's tree.
+    """
+    import json
+
     import mlflow
-    import numpy as np
-    from mlflow.models import Model, ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.models import Model
 
     import idap
 
     # MLflow 3 files a logged model under the *fluent* experiment, not the run's: align them.
     mlflow.set_experiment(experiment_id=_client().get_run(run_id).info.experiment_id)
-    shape = checked["input_shape"]
-    signature = ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *shape), "input")]),
-                               outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, checked["num_classes"]), "logits")]))
     with tempfile.TemporaryDirectory(prefix="idap-model-") as tmp, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*type hint.*")
-        code = Path(tmp) / "idap"
-        shutil.copytree(Path(idap.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id, python_model=str(MODEL_CODE),
-                         artifacts={"bundle": str(bundle_dir)}, code_paths=[str(code)], signature=signature,
-                         input_example=checked["example"], pip_requirements=_pip_requirements(),
-                         metadata={"idap_bundle_digest": bundle_digest(bundle_dir)})
+        root = Path(tmp)
+        shutil.copytree(Path(idap.__file__).parent, root / "idap", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        local = Path("files") / Path(bundle_dir).name  # MLflow stores it as artifacts/<the bundle's name>
+        shutil.copytree(bundle_dir, root / local)
+        shutil.copyfile(MODEL_CODE, root / MODEL_CODE.name)
+        (root / "input_example.json").write_text(json.dumps({"inputs": checked["example"].tolist()}))
+        with contextlib.chdir(root):
+            return Model.log(artifact_path=None, name=name, flavor=mlflow.pyfunc, run_id=run_id,
+                             python_model=MODEL_CODE.name, artifacts={"bundle": str(local), "input_example": "input_example.json"},
+                             code_paths=["idap"], pip_requirements=_pip_requirements(),
+                             metadata={"idap_bundle_digest": bundle_digest(bundle_dir), "idap_input": input_contract(checked)})
+
+
+def input_contract(checked: dict) -> str:
+    """What the served model takes, in one line (model metadata and the version's ``idap.input`` tag)."""
+    shape = ", ".join(map(str, checked["input_shape"]))
+    norm = checked.get("normalization")
+    inside = (f"normalised inside with mean {norm['mean']} / std {norm['std']} (x scale {norm.get('scale') or 1:g})"
+              if norm else "already normalised like the training data (the bundle records no statistics)")
+    return (f"raw pixels, shape (N, {shape}) or one sample ({shape}), any real dtype; {inside}; "
+            f"output float32 logits (N, {checked['num_classes']})")
 
 
 def _check_logged(model_uri: str, checked: dict) -> None:
