@@ -261,10 +261,12 @@ def _figures(mv) -> dict | None:
 
 
 def _within_budget(f: dict) -> tuple[bool, str]:
+    from idap.state import within_budget
+
     drop, budget = f.get("val_acc_drop_pp"), f.get("max_accuracy_drop")
     if drop is None or budget is None:
         return False, "its accuracy drop or budget is not recorded"
-    if drop > budget + 1e-9:
+    if not within_budget(drop, budget):  # the rule the stages and the report use
         return False, f"validation accuracy drop {drop:.2f} pp exceeds the budget max_accuracy_drop={budget:g} pp"
     return True, f"validation accuracy drop {drop:.2f} pp within the budget {budget:g} pp"
 

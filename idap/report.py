@@ -16,6 +16,7 @@ from torch import nn
 
 from idap.data import DataSplits
 from idap.metrics import accuracy, count_macs, count_params, measure_latency, measure_throughput
+from idap.state import within_budget
 
 # A measured speed-up below this fraction of the MACs reduction is flagged: MACs are only a proxy.
 SPEEDUP_AGREEMENT = 0.8
@@ -148,7 +149,7 @@ def build_report(*, dense: dict, compressed: dict, steps: list[dict], recipe: di
         "recipe": recipe,
     }
     budget = recipe.get("max_accuracy_drop")
-    report["within_budget"] = None if budget is None else report["ratios"]["val_acc_drop_pp"] <= budget + 1e-9
+    report["within_budget"] = None if budget is None else within_budget(report["ratios"]["val_acc_drop_pp"], budget)
     report["targets"] = target_status(recipe, report["ratios"])
     report["target_met"] = None if not report["targets"] else all(t["met"] for t in report["targets"].values())
     report["stopped_by"] = stopping_limits(steps, recipe)
