@@ -18,7 +18,6 @@ from torch import nn
 
 from idap.importance import FlowImportance, Importance, ScoringContext, create_importance
 from idap.metrics import layer_macs
-from idap.recovery import recover
 from idap.schedule import channels_to_remove, prune_fraction
 from idap.state import SEED_FILTER, RunContext, StepRecord, within_budget
 from idap.surgery import (
@@ -227,11 +226,7 @@ def run_filter_stage(
         if isinstance(imp, FlowImportance):
             imp.consume()
         model.zero_grad(set_to_none=True)
-        teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-        given = ctx.take_recovery()
-        recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=given, config=r.recovery,
-                seed=r.seed + seed_offset + t, device=ctx.device, schedule=r.recovery.schedule,
-                progress=ctx.progress, desc=f"filter step {t} recovery")
+        given = ctx.recover_step(model, snapshot, dense, seed=r.seed + seed_offset + t, desc=f"filter step {t} recovery")
         acc = ctx.evaluate(model)
         drop = ctx.drop(acc)
         rolled_back = not within_budget(drop, r.stage_budget)

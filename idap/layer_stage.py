@@ -15,7 +15,6 @@ from torch import nn
 
 from idap.divergence import flow_profile
 from idap.models import block_candidates
-from idap.recovery import recover
 from idap.state import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord, within_budget
 from idap.surgery import remove_block
 
@@ -89,11 +88,7 @@ def run_layer_stage(
             ctx.record(model, "layer", i, "skip_block", val_acc=plan["last_acc"], started=started, accepted=False,
                        removed=removed, note=f"would overshoot the {target:g}x target")
         else:
-            teacher = snapshot if r.recovery.teacher == "previous" or dense is None else dense
-            given = ctx.take_recovery()
-            recover(model, teacher, ctx.data.train_x, ctx.data.train_y, steps=given, config=r.recovery,
-                    seed=r.seed + SEED_LAYER + i, device=ctx.device, schedule=r.recovery.schedule,
-                    progress=ctx.progress, desc=f"block {name} recovery")
+            given = ctx.recover_step(model, snapshot, dense, seed=r.seed + SEED_LAYER + i, desc=f"block {name} recovery")
             acc = ctx.evaluate(model)
             stage_drop, total_drop = plan["start_acc"] - acc, ctx.drop(acc)
             if cfg.exact_removals or (within_budget(stage_drop, cfg.epsilon) and within_budget(total_drop, r.stage_budget)):

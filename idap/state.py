@@ -25,6 +25,7 @@ from torch import nn
 from idap.config import Recipe
 from idap.data import DataSplits
 from idap.metrics import accuracy, count_macs, count_params, resolve_device
+from idap.recovery import recover
 
 # Seed offsets so every stage, step and purpose draws from its own stream: a stage run in a separate
 # pipeline step, or resumed after a kill, gets exactly the numbers it gets inside one `idap compress`.
@@ -195,6 +196,17 @@ class RunContext:
             steps = max(0, min(steps, allowance))
         self.recovery_used += steps
         return steps
+
+    def recover_step(self, model: nn.Module, previous: nn.Module, dense: nn.Module | None, *, seed: int,
+                     desc: str) -> int:
+        """The short recovery after a structural change (spec §4): ``take_recovery()`` optimizer steps of
+        distillation from the previous model (parity) or the dense one (``recovery.teacher``); returns the steps."""
+        r = self.recipe
+        teacher = previous if r.recovery.teacher == "previous" or dense is None else dense
+        given = self.take_recovery()
+        recover(model, teacher, self.data.train_x, self.data.train_y, steps=given, config=r.recovery, seed=seed,
+                device=self.device, schedule=r.recovery.schedule, progress=self.progress, desc=desc)
+        return given
 
     def target_reached(self, model: nn.Module, macs_target: float | None = None) -> bool:
         """True once the model is at least as small as every configured target."""
