@@ -137,6 +137,7 @@ def run_local(name: str, arguments: dict, *, log_path: Path | None = None, verbo
     """
     from kfp import local
 
+    from pipelines._platform import without_retries
     from pipelines.console import StepConsole
 
     pipeline = load_pipeline(name)
@@ -154,7 +155,8 @@ def run_local(name: str, arguments: dict, *, log_path: Path | None = None, verbo
     with console, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*non-Python base image.*")
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-        task = pipeline(**arguments)
+        # kfp.local honours the cluster's retry policies (3 attempts, minutes of backoff on a failing step)
+        task = without_retries(pipeline)(**arguments)
     outputs = {k: getattr(v, "path", v) for k, v in task.outputs.items()}
     return {"outputs": outputs, "pipeline_root": str(root), "tracking_uri": settings.tracking_uri,
             "seconds": round(time.perf_counter() - started, 1), "steps": getattr(console, "done", [])}

@@ -245,3 +245,22 @@ def test_pipeline_run_threads_reach_the_steps(work, monkeypatch):
     with pytest.raises(SystemExit) as exc:
         main(["pipeline", "run", "compress", "--threads", "0"])
     assert exc.value.code == 2
+
+
+def test_a_failing_local_run_fails_once_without_the_clusters_retries(work, capsys, monkeypatch):
+    import pipelines._platform as platform
+
+    stripped = []
+
+    def spy(pipeline):
+        local = platform_without(pipeline)
+        stripped.append(all(not t.HasField("retry_policy")
+                            for t in local.pipeline_spec.root.dag.tasks.values()))
+        return local
+
+    platform_without = platform.without_retries
+    monkeypatch.setattr(platform, "without_retries", spy)
+    missing = work / "no-such-data.npz"
+    assert main(["pipeline", "run", "compress", "--param", f"dataset={missing}", "--quiet"]) == 1
+    assert stripped == [True]  # kfp.local would otherwise run a failing step 3 times, minutes apart
+    assert "no-such-data.npz" in capsys.readouterr().err
