@@ -268,7 +268,15 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {m['method']} | {m['target']:g}x | {m['test_acc']:.2f} | {-m['test_drop_pp']:+.2f} | {-m['val_drop_pp']:+.2f} | "
                      f"{m['params'] / 1e6:.2f} M | {m['macs_128'] / 1e6:.0f} M | {m['macs_reduction']:.2f}x | "
                      f"{m['latency_ms_b1_128']:.1f} | {m['speedup_b1']:.2f}x | {m['throughput_b32_128']:.1f} | {_heads(m)} | {_ffn(m)} | {m['seconds']:.0f} |")
-    lines += ["", "Params include the 30,522 x 384 word embedding (11.7 M), which no method prunes.", ""]
+    n_test = doc["data"]["sizes"].get("test", 0)
+    lines += ["", "Params include the 30,522 x 384 word embedding (11.7 M), which no method prunes. "
+              "MACs in the trajectories (JSON) are at the run's own token length.",
+              "Taylor and L1 rank FFN neurons by Torch-Pruning's criteria; both rank heads by weight magnitude "
+              "(idap's default head score), hence their identical head counts. "
+              + (f"One test article is {100 / n_test:.2f} pp: with one seed, differences of a few articles are noise."
+                 if n_test else ""),
+              "Timings come from a shared, loaded 2-core machine: two remeasures of the same models differed by up to "
+              "~35 % for single entries (batch 1); read MACs as the exact cost, timings as coarse.", ""]
     return "\n".join(lines)
 
 
