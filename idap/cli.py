@@ -134,14 +134,14 @@ def _dense_for(args: argparse.Namespace, data, recipe: Recipe, work: Path):
                          input_shape=read_bundle_info(args.model_dir)["architecture"]["input_shape"])
         return dense, None
     trained = work / "dense"
-    if (trained / "architecture.json").is_file():
+    how = {"model": args.model, "train_epochs": args.train_epochs, "seed": recipe.seed}
+    if (trained / "architecture.json").is_file() and read_bundle_info(trained)["recipe"] == how:
         log(f"reusing the dense {args.model} trained by the interrupted run ({trained})")
         return load_bundle(trained, trust_modules=_user_module(args.model)), trained
     log(f"no --model-dir: training a dense {args.model} for {args.train_epochs} epochs first")
     dense, _ = train_dense(args.model, data, epochs=args.train_epochs, seed=recipe.seed, device=recipe.device,
                            progress=not getattr(args, "quiet", False))
-    save_bundle(dense, trained, input_shape=_shape(data), recipe={"train_epochs": args.train_epochs},
-                input_spec=input_spec(data))
+    save_bundle(dense, trained, input_shape=_shape(data), recipe=how, input_spec=input_spec(data))
     return dense, trained
 
 
