@@ -178,10 +178,7 @@ def run_compress(
     check_output_dir(out, "idap compress")
     work = partial_dir(out)
     _prepare_work(work, args)
-    steps = []
-
     def step(rec: StepRecord) -> None:
-        steps.append(rec)
         print_step(rec)
         if on_step is not None:
             on_step(rec)
