@@ -81,3 +81,15 @@ def test_unfollowable_channels_are_left_unpruned_with_a_warning(digits):
         result = compress(model, digits, recipe)
     assert result.model.conv1.out_channels == 16 and result.model.conv2.out_channels < 16
     assert [s.action for s in result.steps if s.stage == "filter"] == ["prune", "prune"]
+
+
+def test_the_report_claims_no_macs_reduction_for_work_it_cannot_count(digits):
+    from idap.report import compression_report
+
+    opaque = nn.Sequential(nn.Flatten(), nn.Linear(64, 10), _Opaque())
+    report = compression_report(opaque, opaque, digits, recipe={}, steps=[], latency=False)
+    assert report["uncounted_modules"] == ["2"] and report["ratios"]["macs_reduction"] is None
+    assert any("could not be counted" in w for w in report["warnings"])
+    lstm = _Recurrent().eval()  # 1x8x8 digits read as 8 steps of 4 channels x 8 columns
+    counted = compression_report(lstm, lstm, digits, recipe={}, steps=[], latency=False)
+    assert counted["uncounted_modules"] == [] and counted["ratios"]["macs_reduction"] == 1.0
