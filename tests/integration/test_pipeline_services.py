@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from idap.bundle import load_bundle
+from idap.bundle import load_bundle, read_input_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -67,11 +67,16 @@ def test_compress_pipeline_against_postgres_mlflow_and_s3(service_env, moto_s3, 
     keys = [o["Key"] for o in _storage._client().list_objects_v2(Bucket=moto_s3.bucket).get("Contents", [])]
     assert any(k.startswith("mlflow/") and k.endswith("weights.safetensors") for k in keys)
 
+    # the served model takes raw pixels and normalises inside with the statistics its bundle records
     x = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
-    np.save(tmp_path / "x.npy", x.numpy())
+    spec = read_input_spec(Path(printed["compressed model (bundle)"]))
+    assert spec["mean"] is not None and spec["std"] is not None
+    raw = x * torch.tensor(spec["std"]).view(1, -1, 1, 1) + torch.tensor(spec["mean"]).view(1, -1, 1, 1)
+    np.save(tmp_path / "x.npy", raw.numpy())
     fresh = subprocess.run([sys.executable, "-c", LOAD.format(name=NAME), str(tmp_path / "x.npy")],
                            env=service_env, capture_output=True, text=True, timeout=300)
     assert fresh.returncode == 0, fresh.stderr[-3000:]
     served = torch.tensor(json.loads(fresh.stdout.strip().splitlines()[-1]))
+    mean, std = torch.tensor(spec["mean"]).view(1, -1, 1, 1), torch.tensor(spec["std"]).view(1, -1, 1, 1)
     with torch.no_grad():
-        assert (served - bundle(x)).abs().max().item() <= 1e-5
+        assert (served - bundle((raw * float(spec["scale"] or 1.0) - mean) / std)).abs().max().item() <= 1e-5
