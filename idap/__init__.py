@@ -8,19 +8,23 @@ Example:
     >>> idap.save_bundle(result.model, "out/model", input_shape=(1, 8, 8))       # doctest: +SKIP
 """
 
+from idap.baseline import train_dense
 from idap.bundle import BundleError, export_onnx, load_bundle, save_bundle
-from idap.compress import CompressionResult, compress
+from idap.checks import check_data, check_model_fits
+from idap.compress import CompressionResult, compress, run_stages, start_run
 from idap.config import ConfigError, Recipe
 from idap.data import DataError, DataSplits, load_dataset
 from idap.divergence import FlowProfile, flow_profile
 from idap.importance import create_importance, list_importances
 from idap.models import ModelError, create_model, list_models, register_model
-from idap.state import StepRecord
+from idap.state import RunContext, RunState, StepRecord, within_budget
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BundleError", "CompressionResult", "ConfigError", "DataError", "DataSplits", "FlowProfile", "ModelError",
-    "Recipe", "StepRecord", "compress", "create_importance", "create_model", "export_onnx", "flow_profile",
-    "list_importances", "list_models", "load_bundle", "load_dataset", "register_model", "save_bundle",
+    "Recipe", "RunContext", "RunState", "StepRecord", "check_data", "check_model_fits", "compress",
+    "create_importance", "create_model", "export_onnx", "flow_profile", "list_importances", "list_models",
+    "load_bundle", "load_dataset", "register_model", "run_stages", "save_bundle", "start_run", "train_dense",
+    "within_budget",
 ]
