@@ -20,13 +20,13 @@ def prune_layers(
     """Remove up to ``layer.max_removals`` blocks of the filter-pruned model (and, with a MACs target the
     blocks stop short of, let stage 1 top up the gap), continuing the run state of the previous step, as
     ``idap compress`` does; with ``layer.enabled`` false the model passes through unchanged."""
+    import shutil
+
     from components import _artifacts, _tracking
     from idap.bundle import load_bundle
     from idap.compress import run_stages
     from idap.data import load_splits
     from idap.state import RunContext
-
-    import shutil
 
     recipe = _artifacts.recipe_from_json(recipe_json)
     state = _artifacts.load_state(in_trajectory.path)

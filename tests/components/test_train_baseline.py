@@ -8,8 +8,8 @@ from kfp import dsl
 
 from components._artifacts import recipe_from_json
 from components.train_baseline import train_baseline
-from idap.bundle import load_bundle, read_bundle_info, save_bundle
 from idap.baseline import train_dense
+from idap.bundle import load_bundle, read_bundle_info, save_bundle
 from idap.data import load_splits
 from idap.models import create_model
 

@@ -13,8 +13,8 @@ import torch
 import yaml
 
 from components._artifacts import read_json
-from idap.bundle import load_bundle
 from idap.baseline import train_dense
+from idap.bundle import load_bundle
 from idap.cli import build_parser, run_compress
 from idap.data import load_splits
 
