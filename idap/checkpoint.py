@@ -77,10 +77,3 @@ class Checkpoint:
             raise CheckpointMismatch(
                 f"{path}: checkpoint of another run (its {', '.join(differs)} differ from this run's)")
         return load_bundle(path, trust_modules=self.trust), RunState.from_json(metadata["run_state"])
-
-    def describe(self) -> str:
-        """``stage, step`` of the checkpoint, for a log line ("" when none)."""
-        if not self.exists:
-            return ""
-        state = RunState.from_json(read_bundle_info(self.directory / MODEL)["metadata"]["run_state"])
-        return f"{state.stage} step {state.position.get('t', state.position.get('next', 0))}"

@@ -95,9 +95,8 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     data = load_data_for(args, seed=args.seed)
-    check_data(data)
     out = Path(args.out)
-    check_output_dir(out, "idap train")
+    check_output_dir(out, "idap train")  # train_dense checks the data before it trains
     model, metrics = train_dense(args.model, data, epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
                                  batch_size=args.batch_size, progress=not args.quiet)
     with staged_directory(out) as tmp:  # a complete bundle with its metrics, or the previous output untouched
