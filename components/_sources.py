@@ -55,7 +55,8 @@ def registered_bundle(uri: str, workdir: str | os.PathLike) -> Path:
     """Download the bundle of a registered version (cached) and return its local directory."""
     from mlflow.exceptions import MlflowException
 
-    from components._tracking import _client, configure
+    from components._mlflow import configure
+    from components._mlflow import get_client as _client
 
     name, version, alias = parse_registry_uri(uri)
     settings = configure()

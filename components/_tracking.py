@@ -1,17 +1,16 @@
-"""MLflow at the edge: one parent run per pipeline run, a nested run per step.
+"""MLflow runs at the edge: one parent run per pipeline run, a nested run per step.
 
 Every Kubeflow step is its own process, so nothing here relies on MLflow's fluent active-run stack: runs
 are created and closed with ``MlflowClient`` and explicit run ids, and a step only needs the parent's id.
 
-* ``configure()``: telemetry off, tracking URI (embedded ``sqlite:///<IDAP_WORKDIR>/mlflow.db`` or
-  ``MLFLOW_TRACKING_URI``), the experiment, and HTTP timeout / retry defaults so a dead server fails in
-  seconds with a ``TrackingError`` naming it, instead of retrying for minutes.
 * ``start_pipeline_run`` / ``step_run`` / ``finish_pipeline_run``: the run tree. A failing step marks
-  itself and the pipeline run FAILED and re-raises.
-* ``_store_lock``: with the embedded sqlite store, an ``fcntl`` lock on a file next to the database, held
-  while the store is created and, by ``components._registry``, while a model is registered or promoted.
+  itself and the pipeline run FAILED and re-raises; a run left RUNNING by a killed process is marked
+  KILLED by the next step on the same host.
+* ``StepTracker``: what a step logs (metrics per pruning step, params, the recipe, the dataset, the report).
+* ``log_pipeline_summary``: the parent run's final metrics, key settings and Markdown description.
 
-Registration and promotion by rule live in ``components._registry``, which builds on this module.
+The connection (configuration, the client, clear errors, the sqlite store lock) is ``components._mlflow``;
+registration and promotion by rule live in ``components._registry``.
 
 Example:
     >>> parent = start_pipeline_run("compress cnn_small")                         # doctest: +SKIP
@@ -23,24 +22,31 @@ Example:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
-import getpass
-import json
 import logging
-import math
 import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from components._settings import Settings, load_settings, telemetry_off
+from components._mlflow import (
+    MAX_TAG_CHARS,
+    TrackingError,
+    as_recipe,
+    clear_errors,
+    code_version,
+    configure,
+    fail_fast,
+    get_client,
+    get_experiment_id,
+    is_number,
+    is_unreachable,
+    param_value,
+    source_tags,
+    str_dict,
+)
+from components._summaries import report_metrics, report_tags, summary_markdown
 
-__all__ = [
-    "StepTracker", "TrackingError", "code_version", "configure", "finish_pipeline_run", "log_pipeline_summary",
-    "start_pipeline_run", "step_run",
-]
+__all__ = ["StepTracker", "finish_pipeline_run", "log_pipeline_summary", "start_pipeline_run", "step_run"]
 
 log = logging.getLogger("idap.tracking")
 
@@ -55,140 +61,7 @@ KEY_RECIPE_PARAMS = ("seed", "max_accuracy_drop", "target_macs_reduction", "targ
                      "filter.importance", "filter.ranking", "filter.score_point", "filter.p0", "filter.steps",
                      "layer.enabled", "layer.max_removals", "layer.epsilon", "recovery.step_budget",
                      "recovery.final_budget", "recovery.teacher")
-HTTP_BACKOFF_FACTOR = "1"  # seconds: 1, 2, 4 ... between retries of a failing server
-LOCK_TIMEOUT_S = 600
-# The MLflow UI opens an experiment of this kind on its runs table (training runs), not on the GenAI
-# traces overview it picks for experiments of no declared kind.
-EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 _MAX_PARAMS_PER_BATCH = 100
-_MAX_PARAM_CHARS = 6000
-_MAX_TAG_CHARS = 5000
-
-_experiments: dict[tuple[str, str], str] = {}
-
-
-class TrackingError(RuntimeError):
-    """MLflow cannot be reached or refused a request; the message names the tracking URI."""
-
-
-# --- configuration ------------------------------------------------------------------------------------------
-
-
-def configure(settings: Settings | None = None) -> Settings:
-    """Point MLflow at the configured store and experiment (idempotent, cheap after the first call).
-
-    Sets ``MLFLOW_HTTP_REQUEST_TIMEOUT`` / ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` from the settings (defaults
-    30 s / 3) and a 1 s backoff factor, so a dead server fails within seconds. A new experiment stores its
-    artifacts under ``settings.artifact_root``; against a tracking server without ``IDAP_ARTIFACT_ROOT``
-    the server's own (proxied) artifact store is used instead of a client-local directory.
-    """
-    import mlflow
-
-    settings = settings or load_settings()
-    telemetry_off()
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(settings.http_timeout)
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.http_retries)
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", HTTP_BACKOFF_FACTOR)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no tqdm bars in step logs
-    # MLflow's own S3 client (artifact store on S3) takes its retry policy from these.
-    os.environ.setdefault("AWS_RETRY_MODE", "standard")
-    os.environ.setdefault("AWS_MAX_ATTEMPTS", "3")
-    if settings.embedded:
-        settings.workdir.mkdir(parents=True, exist_ok=True)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    db = _sqlite_path(settings)
-    # Steps starting at once on a fresh sqlite store would race to create its tables.
-    with _store_lock(settings) if db is not None and not db.exists() else contextlib.nullcontext():
-        _experiment_id(settings)
-    return settings
-
-
-def _experiment_id(settings: Settings) -> str:
-    from mlflow.exceptions import MlflowException
-
-    key = (settings.tracking_uri, settings.experiment)
-    if key in _experiments:
-        return _experiments[key]
-    client = _client(settings)
-    with _clear_errors(settings.tracking_uri):
-        experiment = client.get_experiment_by_name(settings.experiment)
-        if experiment is None:
-            try:
-                experiment_id = client.create_experiment(settings.experiment, artifact_location=_artifact_location(settings),
-                                                         tags=EXPERIMENT_TAGS)
-            except MlflowException as error:  # created meanwhile by a concurrent step
-                experiment = client.get_experiment_by_name(settings.experiment)
-                if experiment is None:
-                    raise error from None
-                experiment_id = experiment.experiment_id
-        elif experiment.lifecycle_stage != "active":
-            raise TrackingError(f"experiment {settings.experiment!r} is deleted in {settings.tracking_uri}: restore it "
-                                "(mlflow experiments restore) or set IDAP_EXPERIMENT to another name")
-        else:
-            experiment_id = experiment.experiment_id
-            for tag, value in EXPERIMENT_TAGS.items():  # experiments made before the tag existed
-                if experiment.tags.get(tag) is None:
-                    client.set_experiment_tag(experiment_id, tag, value)
-    _experiments[key] = experiment_id
-    return experiment_id
-
-
-def _artifact_location(settings: Settings) -> str | None:
-    remote = settings.tracking_uri.startswith(("http://", "https://"))
-    if remote and settings.artifact_root == (settings.workdir / "mlartifacts").as_uri() and not os.environ.get("IDAP_ARTIFACT_ROOT"):
-        return None  # the server's artifact store (proxied to S3 in infra/), not a directory on this pod
-    return settings.artifact_root
-
-
-def _client(settings: Settings | None = None):
-    from mlflow import MlflowClient
-
-    uri = settings.tracking_uri if settings else None
-    return MlflowClient(tracking_uri=uri) if uri else MlflowClient()
-
-
-def _is_unreachable(error: BaseException) -> bool:
-    text = str(error)
-    return "API request to" in text and ("failed with exception" in text or "timeout exception" in text)
-
-
-@contextlib.contextmanager
-def _clear_errors(uri: str | None = None) -> Iterator[None]:
-    """Turn "server unreachable" MLflow errors into a TrackingError that names the server and the knobs."""
-    try:
-        yield
-    except Exception as error:
-        if type(error).__module__.startswith(("botocore", "boto3", "s3transfer")):
-            endpoint = os.environ.get("MLFLOW_S3_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL") or "AWS S3"
-            raise TrackingError(f"the MLflow artifact store on S3 ({endpoint}) failed after "
-                                f"{os.environ.get('AWS_MAX_ATTEMPTS')} attempt(s): {type(error).__name__}: {error}") from error
-        if isinstance(error, TrackingError) or not _is_unreachable(error):
-            raise
-        if not uri:
-            import mlflow
-
-            uri = mlflow.get_tracking_uri()
-        raise TrackingError(
-            f"the MLflow tracking server {uri} is unreachable or failing "
-            f"(MLFLOW_HTTP_REQUEST_TIMEOUT={os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT')} s, "
-            f"MLFLOW_HTTP_REQUEST_MAX_RETRIES={os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES')}): {error}"
-        ) from error
-
-
-@contextlib.contextmanager
-def _fail_fast() -> Iterator[None]:
-    """No retries and a short timeout: for best-effort calls after the server was found unreachable."""
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")}
-    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
-    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(min(5, int(saved["MLFLOW_HTTP_REQUEST_TIMEOUT"] or 5)))
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 # --- the run tree -------------------------------------------------------------------------------------------
@@ -198,11 +71,11 @@ def start_pipeline_run(run_name: str, *, tags: dict | None = None) -> str:
     """Create the parent run of a pipeline run and return its id; it stays RUNNING until
     ``finish_pipeline_run`` (or a failing step marks it FAILED)."""
     settings = configure()
-    client = _client(settings)
-    with _clear_errors(settings.tracking_uri):
-        run = client.create_run(_experiment_id(settings), run_name=run_name,
-                                tags=_str_dict({"idap.kind": "pipeline", "idap.code_version": code_version(),
-                                                **_source_tags(), **(tags or {})}))
+    client = get_client(settings)
+    with clear_errors(settings.tracking_uri):
+        run = client.create_run(get_experiment_id(settings), run_name=run_name,
+                                tags=str_dict({"idap.kind": "pipeline", "idap.code_version": code_version(),
+                                                **source_tags(), **(tags or {})}))
     return run.info.run_id
 
 
@@ -211,30 +84,13 @@ def finish_pipeline_run(run_id: str, status: str = "FINISHED") -> None:
     if status not in RUN_STATUSES:
         raise ValueError(f"status must be one of {RUN_STATUSES}, got {status!r}")
     settings = configure()
-    client = _client(settings)
-    with _clear_errors(settings.tracking_uri):
+    client = get_client(settings)
+    with clear_errors(settings.tracking_uri):
         current = client.get_run(run_id).info.status
         if current in ("FAILED", "KILLED") and status == "FINISHED":
             log.warning("pipeline run %s stays %s (a step failed)", run_id, current)
             return
         client.set_terminated(run_id, status)
-
-
-def report_tags(report: dict) -> dict:
-    """What a report says in words, as run tags: the target verdict, what stopped the stages, the warnings."""
-    tags = {}
-    if report.get("target_met") is not None:
-        tags["idap.target_met"] = str(report["target_met"]).lower()
-    if report.get("target_met") is False:
-        tags["idap.target_missed"] = next((w for w in report.get("warnings", []) if w.startswith("target not reached")),
-                                          "target not reached")
-    if report.get("stopped_by"):
-        tags["idap.stopped_by"] = " | ".join(report["stopped_by"])
-    if report.get("removed_blocks") is not None:
-        tags["idap.removed_blocks"] = ", ".join(report["removed_blocks"]) or "none"
-    if report.get("warnings"):
-        tags["idap.report_warnings"] = " | ".join(report["warnings"])
-    return tags
 
 
 def log_pipeline_summary(parent_run_id: str, *, report: dict, recipe, dataset: dict,
@@ -244,9 +100,9 @@ def log_pipeline_summary(parent_run_id: str, *, report: dict, recipe, dataset: d
     input, the target verdict and the registered version with its decision as tags, and a Markdown
     description (``mlflow.note.content``, the run page's Description). Report files stay in the
     ``evaluate`` step run (logged once)."""
-    recipe = _as_recipe(recipe)
+    recipe = as_recipe(recipe)
     settings = configure()
-    tracker = StepTracker(_client(settings), parent_run_id, tracking_uri=settings.tracking_uri)
+    tracker = StepTracker(get_client(settings), parent_run_id, tracking_uri=settings.tracking_uri)
     flat = recipe.flat()
     params = {"model": report.get("model", "unknown"), "dataset": dataset.get("name", "unknown"),
               **{f"recipe.{k}": flat.get(k) for k in KEY_RECIPE_PARAMS if k in flat}}
@@ -265,36 +121,6 @@ def log_pipeline_summary(parent_run_id: str, *, report: dict, recipe, dataset: d
     tracker.set_tags(tags)
 
 
-def summary_markdown(report: dict, recipe, registration: dict | None = None) -> str:
-    """A few lines of Markdown: what was compressed, the headline changes, the verdict and the registry decision."""
-    d, c, r = report["dense"], report["compressed"], report["ratios"]
-
-    def x(v):
-        return "n/a" if v is None else f"{v:.2f}x"
-
-    lines = [f"**{report.get('model', '?')}** on **{(report.get('dataset') or {}).get('name', '?')}**, "
-             f"recipe `{_as_recipe(recipe).digest()[:12]}`: {x(r.get('macs_reduction'))} fewer MACs, "
-             f"{x(r.get('params_reduction'))} fewer params, test accuracy {d['test_acc']:.2f}% → {c['test_acc']:.2f}% "
-             f"({-r['test_acc_drop_pp']:+.2f} pp), validation {-r['val_acc_drop_pp']:+.2f} pp.", ""]
-    if d.get("latency_ms_b1") is not None:
-        lines += [f"Latency at batch 1: PyTorch {d['latency_ms_b1']:.3f} → {c['latency_ms_b1']:.3f} ms "
-                  f"({x(r.get('speedup_b1'))})" + (
-                      f", ONNX Runtime {d['ort_latency_ms_b1']:.3f} → {c['ort_latency_ms_b1']:.3f} ms "
-                      f"({x(r.get('ort_speedup_b1'))})" if d.get("ort_latency_ms_b1") is not None else "") + ".", ""]
-    removed = report.get("removed_blocks") or []
-    lines += [f"Stage 2 removed {len(removed)} block(s)" + (f": {', '.join(removed)}." if removed else "."), ""]
-    if report.get("target_met") is False:
-        lines += [f"**Target not reached.** {next(w for w in report['warnings'] if w.startswith('target not'))}", ""]
-    elif report.get("stopped_by"):
-        lines += ["Stopped by: " + "; ".join(report["stopped_by"]) + ".", ""]
-    if report.get("within_budget") is False:
-        lines += ["**Over the accuracy budget.**", ""]
-    if registration:
-        lines += [f"Registered as `{registration.get('name')}` version {registration.get('version')}: "
-                  f"**{registration.get('decision')}** — {registration.get('reason')}.", ""]
-    return "\n".join(lines).strip() + "\n"
-
-
 @contextlib.contextmanager
 def step_run(parent_run_id: str | None, step: str, *, params: dict | None = None) -> Iterator[StepTracker]:
     """A run for one pipeline step, nested under ``parent_run_id`` (top level when it is None or "").
@@ -308,20 +134,20 @@ def step_run(parent_run_id: str | None, step: str, *, params: dict | None = None
         ...     tracker.log_metrics({"val_acc": 97.1})
     """
     settings = configure()
-    client = _client(settings)
+    client = get_client(settings)
     parent_run_id = parent_run_id or None
-    with _clear_errors(settings.tracking_uri):
-        tags = {"idap.step": step, "idap.code_version": code_version(), **_source_tags(), **_owner_tags()}
+    with clear_errors(settings.tracking_uri):
+        tags = {"idap.step": step, "idap.code_version": code_version(), **source_tags(), **_owner_tags()}
         if parent_run_id:
             experiment_id = client.get_run(parent_run_id).info.experiment_id
             tags["mlflow.parentRunId"] = parent_run_id
         else:
-            experiment_id = _experiment_id(settings)
+            experiment_id = get_experiment_id(settings)
         end_dead_runs(client, experiment_id)
         if step in STEP_ORDER and parent_run_id:
             tags["idap.step_index"] = STEP_ORDER.index(step) + 1
         name = f"{tags['idap.step_index']:02d} {step}" if "idap.step_index" in tags else step
-        run = client.create_run(experiment_id, run_name=name, tags=_str_dict(tags))
+        run = client.create_run(experiment_id, run_name=name, tags=str_dict(tags))
     tracker = StepTracker(client, run.info.run_id, parent_run_id=parent_run_id, tracking_uri=settings.tracking_uri)
     monitor = None
     try:
@@ -390,15 +216,15 @@ def end_dead_runs(client, experiment_id: str) -> list[str]:
 
 
 def _terminate(client, run_id: str, status: str, uri: str) -> None:
-    with _clear_errors(uri):
+    with clear_errors(uri):
         client.set_terminated(run_id, status)
 
 
 def _mark_failed(client, run_id: str, parent_run_id: str | None, step: str, error: BaseException, status: str) -> None:
     """Best effort: a tracking failure here must not hide the step's own exception."""
-    message = f"{type(error).__name__}: {error}"[:_MAX_TAG_CHARS]
-    unreachable = isinstance(error, TrackingError) or _is_unreachable(error)
-    with _fail_fast() if unreachable else contextlib.nullcontext():
+    message = f"{type(error).__name__}: {error}"[:MAX_TAG_CHARS]
+    unreachable = isinstance(error, TrackingError) or is_unreachable(error)
+    with fail_fast() if unreachable else contextlib.nullcontext():
         for rid, tags in ((run_id, {"idap.error": message}),
                           (parent_run_id, {"idap.failed_step": step, "idap.error": message})):
             if not rid:
@@ -455,14 +281,14 @@ class StepTracker:
         values = {"params": rec.params, "macs": rec.macs, "val_acc": rec.val_acc,
                   "stage": STAGE_CODES.get(rec.stage, -1), "accepted": 1.0 if rec.accepted else 0.0}
         metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
-        with _clear_errors(self._uri):
+        with clear_errors(self._uri):
             self.client.log_batch(self.run_id, metrics=metrics)
 
     def log_params(self, params: dict) -> None:
         from mlflow.entities import Param
 
-        items = [Param(str(k), _param_value(v)) for k, v in params.items()]
-        with _clear_errors(self._uri):
+        items = [Param(str(k), param_value(v)) for k, v in params.items()]
+        with clear_errors(self._uri):
             for i in range(0, len(items), _MAX_PARAMS_PER_BATCH):
                 self.client.log_batch(self.run_id, params=items[i:i + _MAX_PARAMS_PER_BATCH])
 
@@ -470,23 +296,23 @@ class StepTracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items() if _is_number(v)]
-        with _clear_errors(self._uri):
+        items = [Metric(str(k), float(v), now, step or 0) for k, v in metrics.items() if is_number(v)]
+        with clear_errors(self._uri):
             if items:
                 self.client.log_batch(self.run_id, metrics=items)
 
     def set_tags(self, tags: dict) -> None:
         from mlflow.entities import RunTag
 
-        with _clear_errors(self._uri):
-            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in _str_dict(tags).items()])
+        with clear_errors(self._uri):
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in str_dict(tags).items()])
 
     def log_recipe(self, recipe) -> None:
         """The whole recipe as params (``section.field``), ``recipe.yaml``, and the tag ``idap.recipe_digest``."""
-        recipe = _as_recipe(recipe)
+        recipe = as_recipe(recipe)
         self.log_params(recipe.flat())
         self.set_tags({"idap.recipe_digest": recipe.digest()})
-        with _clear_errors(self._uri):
+        with clear_errors(self._uri):
             self.client.log_text(self.run_id, recipe.to_yaml(), "recipe.yaml")
 
     def log_dataset(self, info: dict) -> None:
@@ -505,7 +331,7 @@ class StepTracker:
 
             dataset = MetaDataset(CodeDatasetSource({"idap.dataset": name, "content_hash": content_hash}),
                                   name=name, digest=content_hash[:32])
-            with _fail_fast():  # optional: the tags above already carry the lineage
+            with fail_fast():  # optional: the tags above already carry the lineage
                 self.client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
                                                                   [InputTag("mlflow.data.context", "train")])])
         except Exception as error:  # e.g. two steps logging the same dataset at once
@@ -515,19 +341,11 @@ class StepTracker:
         """``dense_*`` / ``compressed_*`` / ratio metrics, the target verdict and warnings as tags, and (with
         ``files``) report.json / report.md / plots (from ``report_dir``) plus the divergence profile as
         artifacts under ``report/``. Pass ``files=False`` where another run already holds the files."""
-        metrics = {}
-        for section in ("dense", "compressed"):
-            metrics.update({f"{section}_{k}": v for k, v in (report.get(section) or {}).items() if _is_number(v)})
-        metrics.update({k: v for k, v in (report.get("ratios") or {}).items() if _is_number(v)})
-        if _is_number(report.get("compress_seconds")):
-            metrics["compress_seconds"] = report["compress_seconds"]
-        if report.get("target_met") is not None:
-            metrics["target_met"] = 1.0 if report["target_met"] else 0.0
-        self.log_metrics(metrics)
+        self.log_metrics(report_metrics(report))
         self.set_tags(report_tags(report))
         if not files:
             return
-        with _clear_errors(self._uri):
+        with clear_errors(self._uri):
             written = False
             if report_dir is not None:
                 directory = Path(report_dir)
@@ -546,92 +364,8 @@ class StepTracker:
         path = Path(path)
         if not path.exists():
             raise TrackingError(f"cannot log {path} to run {self.run_id}: it does not exist")
-        with _clear_errors(self._uri):
+        with clear_errors(self._uri):
             if path.is_dir():
                 self.client.log_artifacts(self.run_id, str(path), artifact_path)
             else:
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
-
-
-# --- the store lock -----------------------------------------------------------------------------------------
-
-
-def _sqlite_path(settings: Settings) -> Path | None:
-    if not settings.tracking_uri.startswith("sqlite:///"):
-        return None
-    return Path(settings.tracking_uri[len("sqlite:///"):].split("?", 1)[0])
-
-
-@contextlib.contextmanager
-def _store_lock(settings: Settings) -> Iterator[None]:
-    """An exclusive fcntl lock next to a sqlite database (creation, registration, promotion); a no-op for
-    servers, where the compare-and-set loop does the job."""
-    db = _sqlite_path(settings)
-    if db is None:
-        yield
-        return
-    path = db.with_name(f"{db.name}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        deadline = time.monotonic() + LOCK_TIMEOUT_S
-        while True:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TrackingError(f"timed out after {LOCK_TIMEOUT_S} s waiting for the store lock {path}") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-# --- small helpers ------------------------------------------------------------------------------------------
-
-
-@functools.cache
-def code_version() -> str:
-    """``git rev-parse HEAD`` of this checkout, else ``$IDAP_CODE_VERSION``, else "unknown"."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent, capture_output=True,
-                             text=True, timeout=5)
-        if out.returncode == 0 and out.stdout.strip():
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return os.environ.get("IDAP_CODE_VERSION") or "unknown"
-
-
-def _source_tags() -> dict:
-    return {"mlflow.user": _user(), "mlflow.source.name": "idap"}
-
-
-def _user() -> str:
-    with contextlib.suppress(Exception):
-        return getpass.getuser()
-    return "unknown"
-
-
-def _as_recipe(recipe):
-    from idap.config import Recipe
-
-    return recipe if isinstance(recipe, Recipe) else Recipe.from_dict(recipe)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _param_value(value) -> str:
-    return _clip(json.dumps(value) if isinstance(value, dict | list | tuple) else str(value), _MAX_PARAM_CHARS)
-
-
-def _str_dict(values: dict) -> dict[str, str]:
-    return {str(k): _clip(str(v), _MAX_TAG_CHARS) for k, v in values.items() if v is not None}
-
-
-def _clip(text: str, limit: int) -> str:
-    """``text`` within MLflow's length ``limit``, marked with "..." where cut."""
-    return text if len(text) <= limit else text[:limit - 3] + "..."

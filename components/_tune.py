@@ -385,9 +385,9 @@ class TrialRuns(Callback):
     @property
     def client(self):
         if self._client is None:
-            from components import _tracking
+            from components import _mlflow, _tracking
 
-            self._client = _tracking._client(_tracking.configure())
+            self._client = _mlflow.get_client(_mlflow.configure())
         return self._client
 
     @contextlib.contextmanager
@@ -403,7 +403,8 @@ class TrialRuns(Callback):
     def _run_id(self, trial, trials=()) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
-        from components._tracking import StepTracker, _str_dict
+        from components._mlflow import str_dict as _str_dict
+        from components._tracking import StepTracker
 
         client = self.client
         parent = client.get_run(self.search_run_id)
@@ -461,7 +462,7 @@ class TrialRuns(Callback):
 
     def on_trial_error(self, iteration, trials, trial, **info):
         with self._timed():
-            from components._tracking import _clip
+            from components._mlflow import clip as _clip
 
             run_id = self._run_id(trial)
             error = _trial_error(trial)
@@ -626,7 +627,7 @@ def run_search(
     """
     from ray import tune
 
-    from components import _tracking
+    from components import _mlflow, _tracking
 
     started = time.perf_counter()
     space.validate(base)
@@ -650,8 +651,8 @@ def run_search(
     if space.reduction == "speedup" and not measure_latency:
         raise SearchSpaceError("reduction speedup picks the winner by measured latency: do not switch latency off")
 
-    settings = _tracking.configure()
-    client = _tracking._client(settings)
+    settings = _mlflow.configure()
+    client = _mlflow.get_client(settings)
     if resume:
         owned_run = bool(state.get("owned_run"))
         client.update_run(search_run_id, status="RUNNING")

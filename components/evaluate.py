@@ -26,7 +26,7 @@ def evaluate(
     import tempfile
     from pathlib import Path
 
-    from components import _artifacts, _tracking
+    from components import _artifacts, _summaries, _tracking
     from idap.bundle import load_bundle
     from idap.data import load_splits
     from idap.report import compression_report, write_report
@@ -44,7 +44,7 @@ def evaluate(
             Path(report.path).write_text(_artifacts.embed_images(paths["markdown"].read_text(), tmp))
             shutil.copyfile(paths["json"], report_json.path)
             t.log_report(result, tmp)
-        for key, value in _artifacts.report_metrics(result).items():
+        for key, value in _summaries.report_metrics(result).items():
             metrics.log_metric(key, value)
         r = result["ratios"]
         print(f"compressed: {r['macs_reduction']:.2f}x fewer MACs, {r['params_reduction']:.2f}x fewer params, "

@@ -29,10 +29,10 @@ def prepare_data(
     """
     from collections import namedtuple
 
-    from components import _artifacts, _storage, _tracking
+    from components import _artifacts, _mlflow, _storage, _tracking
     from idap.data import load_dataset, save_splits
 
-    settings = _tracking.configure()
+    settings = _mlflow.configure()
     recipe = _artifacts.effective_recipe(recipe_json, seed=seed, max_accuracy_drop=max_accuracy_drop,
                                          target_macs_reduction=target_macs_reduction,
                                          target_params_reduction=target_params_reduction)

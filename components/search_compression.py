@@ -41,11 +41,11 @@ def search_compression(
     from collections import namedtuple
     from pathlib import Path
 
-    from components import _artifacts, _tracking, _tune
+    from components import _artifacts, _mlflow, _tune
     from idap.bundle import load_bundle
     from idap.data import load_splits
 
-    settings = _tracking.configure()
+    settings = _mlflow.configure()
     base = _artifacts.recipe_from_json(recipe_json)
     space = _tune.SearchSpace.load(search_space).with_settings(
         objective=objective or None, reduction=reduction or None, num_samples=num_samples or None)

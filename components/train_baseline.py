@@ -20,13 +20,13 @@ def train_baseline(
 ):
     """``base_model_uri`` "" trains ``model_name`` for ``epochs`` with the recipe's seed (as ``idap compress
     --model`` does); otherwise the bundle there is the baseline."""
-    from components import _artifacts, _sources, _tracking
+    from components import _artifacts, _mlflow, _sources, _tracking
     from idap.bundle import load_bundle
     from idap.cli import train_dense
     from idap.data import load_splits
     from idap.report import evaluate_model
 
-    settings = _tracking.configure()
+    settings = _mlflow.configure()
     recipe = _artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
     params = {"model": model_name, "epochs": epochs, "base_model_uri": base_model_uri}

@@ -30,7 +30,7 @@ import time
 import warnings
 from pathlib import Path
 
-from components import _registry, _sources, _storage, _tracking
+from components import _mlflow, _promotion, _registry, _sources, _storage, _tracking
 from components._artifacts import effective_recipe, recipe_param
 from components._settings import SettingsError, load_settings
 from idap import cli as idap_cli
@@ -49,7 +49,7 @@ class PipelineError(ValueError):
 
 
 EDGE_ERRORS = (*idap_cli.USER_ERRORS, SettingsError, PipelineError, kfp_client.CronError, kfp_client.KfpError,
-               _tracking.TrackingError, _sources.SourceError)
+               _mlflow.TrackingError, _sources.SourceError)
 
 
 def log(msg: str) -> None:
@@ -255,7 +255,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.register and args.no_track:
         raise PipelineError("--register needs tracking: drop --no-track")
-    _registry._check_rule_args(args.promote_objective, args.promote_tolerance_pp)  # before hours of compression
+    _promotion.check_rule_args(args.promote_objective, args.promote_tolerance_pp)  # before hours of compression
     _quiet_loggers(args.verbose)
     if args.model_dir and _storage.is_s3(args.model_dir):
         args.model_dir = str(_storage.resolve_input(args.model_dir, settings.workdir))
@@ -266,7 +266,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         log("\n".join(summary_lines(report)))
         print(json.dumps({"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"]}))
         return 0
-    _tracking.configure(settings)
+    _mlflow.configure(settings)
     params = {"model": args.model_dir or args.model, "dataset": args.dataset, "out": args.out}
     registration = None
     with _tracking.step_run(None, "compress", params=params) as tracker:
@@ -324,7 +324,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    _tracking.configure()
+    _mlflow.configure()
     print(json.dumps(_registry.promote(args.name, args.version, force=args.force, reason=args.reason), indent=2))
     return 0
 
@@ -470,7 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--verbose", action="store_true", help="also MLflow's own log lines (database setup...)")
     compress.add_argument("--register", default=None, metavar="NAME",
                           help="register the compressed model in MLflow as NAME and promote it by rule")
-    compress.add_argument("--promote-objective", choices=_registry.OBJECTIVES, default="latency",
+    compress.add_argument("--promote-objective", choices=_promotion.OBJECTIVES, default="latency",
                           help="with --register: what a new champion must beat the current one on")
     compress.add_argument("--promote-tolerance-pp", type=float, default=0.1,
                           help="with --register: test accuracy slack (pp) for the latency / macs objectives")

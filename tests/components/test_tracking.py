@@ -21,10 +21,14 @@ import torch
 from mlflow import MlflowClient
 from safetensors.numpy import load_file, save_file
 
+from components import _logged_model as logged_model
+from components import _mlflow as mlflow_conn
+from components import _promotion as promotion
 from components import _registry as registry
 from components import _tracking as tracking
-from components._registry import PromotionError
-from components._tracking import StepTracker, TrackingError
+from components._mlflow import TrackingError
+from components._promotion import PromotionError
+from components._tracking import StepTracker
 from idap.bundle import BundleError, load_bundle, save_bundle
 from idap.config import FilterStageConfig, Recipe
 from idap.models import create_model
@@ -70,7 +74,7 @@ def workdir(tmp_path, monkeypatch, sqlite_template):
     work.mkdir()
     shutil.copy(sqlite_template, work / "mlflow.db")
     monkeypatch.setenv("IDAP_WORKDIR", str(work))
-    tracking.configure()
+    mlflow_conn.configure()
     return work
 
 
@@ -145,7 +149,7 @@ def python(code: str, *args: str, timeout: float = 180) -> subprocess.CompletedP
 
 
 def test_configure_embedded_default(workdir, client):
-    settings = tracking.configure()
+    settings = mlflow_conn.configure()
     assert settings.tracking_uri == f"sqlite:///{workdir / 'mlflow.db'}" == mlflow.get_tracking_uri()
     experiment = client.get_experiment_by_name("idap")
     assert experiment.artifact_location == (workdir / "mlartifacts").as_uri()
@@ -297,7 +301,7 @@ def test_worse_model_stays_challenger_and_reregistration_is_idempotent(workdir, 
 ])
 def test_objectives(objective, candidate, expected):
     champ = {"latency_ms_b1": 0.5, "test_acc": 93.9, "macs": 50_000}
-    assert registry._beats({**champ, **candidate}, champ, objective, 0.1)[0] is expected
+    assert promotion.beats({**champ, **candidate}, champ, objective, 0.1)[0] is expected
 
 
 def test_budget_violation_never_becomes_champion(workdir, client, bundles, digits):
@@ -318,7 +322,7 @@ def test_concurrent_promotions_end_on_the_better_model(workdir, client, bundles,
     assert versions(client) == ["1", "2"]
     assert champion(client) == results["good"]["version"], results
     winner = client.get_model_version(NAME, results["good"]["version"])
-    assert winner.tags["idap.bundle_digest"] == registry.bundle_digest(bundles["good"])
+    assert winner.tags["idap.bundle_digest"] == logged_model.bundle_digest(bundles["good"])
 
 
 def test_failed_registration_creates_no_version_and_moves_no_alias(workdir, client, bundles, digits, tmp_path,
@@ -333,7 +337,7 @@ def test_failed_registration_creates_no_version_and_moves_no_alias(workdir, clie
                                       report=make_report(latency=0.1), recipe=RECIPE, dataset=digits.describe(),
                                       registered_name=NAME, base_model="dense")
     # 2. Logging the dense model fails after the compressed one was logged.
-    real_log = registry._log_bundle_model
+    real_log = registry.log_bundle_model
 
     def log_then_fail(run_id, bundle_dir, name, checked):
         if name == "dense_model":
@@ -342,7 +346,7 @@ def test_failed_registration_creates_no_version_and_moves_no_alias(workdir, clie
 
     parent = tracking.start_pipeline_run("doomed")
     with monkeypatch.context() as patch, pytest.raises(OSError, match="artifact store full"):
-        patch.setattr(registry, "_log_bundle_model", log_then_fail)
+        patch.setattr(registry, "log_bundle_model", log_then_fail)
         register(bundles, digits, "good", parent=parent, latency=0.1)
     assert client.get_run(parent).info.status == "FAILED"
     # 3. A failed pipeline run is refused outright.

@@ -16,8 +16,8 @@ from mlflow import MlflowClient
 
 from components import _registry as registry
 from components import _tracking as tracking
+from components._mlflow import TrackingError
 from components._storage import StorageError, download
-from components._tracking import TrackingError
 from idap.bundle import load_bundle, save_bundle
 from idap.models import create_model
 from idap.state import StepRecord

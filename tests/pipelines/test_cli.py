@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pipelines.cli as cli
-from components import _registry, _tracking
+from components import _mlflow, _registry
 from pipelines.cli import load_pipeline, main, pipeline_arguments
 
 TINY = """calibration_size: 128
@@ -124,7 +124,7 @@ def test_compress_is_tracked_in_mlflow(work, capsys):
     assert main(["compress", "--model", "cnn_small", "--train-epochs", "2", "--dataset", "digits", "--recipe",
                  str(work / "tiny.yaml"), "--out", str(out_dir), "--no-latency", "--no-onnx", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    client = _tracking._client(_tracking.configure())
+    client = _mlflow.get_client(_mlflow.configure())
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["idap.step"] == "compress"
     assert run.data.params["filter.steps"] == "1" and run.data.tags["idap.dataset"] == "digits"
@@ -144,7 +144,7 @@ def test_compress_register_promotes_like_the_pipeline(work, capsys):
     assert main([*argv, "--out", str(work / "a")]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["registration"] == {"name": "cli-digits", "version": "1", "decision": "champion", "champion": True}
-    client = _tracking._client(_tracking.configure())
+    client = _mlflow.get_client(_mlflow.configure())
     mv = client.get_model_version("cli-digits", "1")
     assert mv.tags["idap.objective"] == "accuracy" and mv.tags["idap.pipeline_run_id"] == first["mlflow_run_id"]
     assert "cnn_small trained by idap compress (1 epochs" in mv.tags["idap.base_model"]
