@@ -174,18 +174,6 @@ def embed_images(markdown: str, directory: str | os.PathLike) -> str:
     return _IMAGE_LINK.sub(inline, markdown)
 
 
-def report_metrics(report: dict) -> dict[str, float]:
-    """The headline figures of a compression report, flat, for a KFP Metrics artifact."""
-    out = {}
-    for section in ("dense", "compressed"):
-        for key in ("val_acc", "test_acc", "params", "macs", "latency_ms_b1", "throughput_b64"):
-            value = report[section].get(key)
-            if isinstance(value, (int, float)):
-                out[f"{section}_{key}"] = float(value)
-    out.update({k: float(v) for k, v in report["ratios"].items() if isinstance(v, (int, float))})
-    return out
-
-
 def default_registered_name(model_name: str, dataset: str) -> str:
     """``idap-<model>-<dataset>``, reduced to the characters a registry name may hold."""
     base = Path(dataset.rstrip("/")).name or dataset
