@@ -18,9 +18,9 @@ import time
 
 import torch
 
+from idap.cifar10 import open_cifar10
 from idap.models import create_model
 from idap.recovery import train
-from idap.streaming import open_cifar10
 
 
 def _steps_per_second(data_x, data_y, model_name: str, num_classes: int, size: int, steps: int, batch: int) -> float:

@@ -90,6 +90,12 @@ class _Raw:
     content_hash: str
 
 
+def sample_shape(data) -> tuple[int, ...]:
+    """One sample's shape: ``(C, H, W)`` for images, ``(tokens,)`` for text splits (their ``input_shape``)."""
+    shape = getattr(data, "input_shape", None)
+    return tuple(shape) if shape is not None else (data.in_channels, data.image_size, data.image_size)
+
+
 def input_spec(data) -> dict | None:
     """What a model trained on ``data`` expects of raw pixels, for its bundle (``save_bundle(input_spec=)``):
     ``{"mean", "std", "scale"}`` with ``x = (raw * scale - mean) / std``; None when the data records none."""
@@ -136,7 +142,8 @@ def fetch_dataset(name: str, root: str | Path | None = None) -> Path:
 
 def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int = 0,
                  calibration_size: int = 2048, validation_size: int = 5000,
-                 train_limit: int | None = None, test_limit: int | None = None) -> DataSplits:
+                 train_limit: int | None = None, test_limit: int | None = None,
+                 tokenizer: str | Path | None = None, max_length: int | None = None) -> DataSplits:
     """Load a dataset and cut it into seeded, disjoint train / calibration / validation / test splits.
 
     Args:
@@ -147,6 +154,8 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
         calibration_size, validation_size: slices held out from the training set; clipped (with a
             warning) so that the train split keeps at least half of the training set.
         train_limit, test_limit: seeded subsamples of the train and test splits, for fast runs.
+        tokenizer, max_length: for text (a folder of class subfolders of .txt files, or a spec with
+            ``kind: text``): the model's tokenizer and tokens per text, see ``idap.text.load_text_dataset``.
     """
     for arg, value in (("calibration_size", calibration_size), ("validation_size", validation_size)):
         if value < 0:
@@ -158,8 +167,14 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
         raw = _BUILTIN[name_or_path](root)
     else:
         path = Path(name_or_path)
+        from idap.text import is_text_source, load_text_dataset  # text: token-id splits
+
+        if is_text_source(path):
+            return load_text_dataset(path, tokenizer=tokenizer, max_length=max_length, seed=seed,
+                                     calibration_size=calibration_size, validation_size=validation_size,
+                                     train_limit=train_limit, test_limit=test_limit)
         if path.is_file() and path.suffix in _SPEC_SUFFIXES:  # a dataset spec: streamed (or decoded) images
-            from idap.streaming import load_spec, open_spec
+            from idap.dataset_spec import load_spec, open_spec
 
             return open_spec(load_spec(path), root=root, seed=seed, calibration_size=calibration_size,
                              validation_size=validation_size, train_limit=train_limit, test_limit=test_limit)
@@ -175,30 +190,60 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
     return _split(raw, str(name_or_path), seed, calibration_size, validation_size, train_limit, test_limit)
 
 
-def save_splits(splits: DataSplits, directory: str | Path) -> None:
-    """Write the splits pickle-free: tensors in one safetensors file, metadata (`describe()`) in JSON."""
+def save_splits(splits, directory: str | Path) -> None:
+    """Write the splits pickle-free for another process (a pipeline step) to ``load_splits``.
+
+    ``DataSplits``: tensors in one safetensors file, metadata (``describe()``) in JSON. Streamed splits
+    (``idap.streaming.StreamedSplits``): the metadata and a reference, never the pixels — the files, each
+    split's seeded assignment and the content digest (``idap.stream_reference``).
+    """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"{attr}_{k}": getattr(splits, f"{attr}_{k}").contiguous() for attr in _SPLITS.values()
-               for k in "xy"}
-    write_file(directory / _TENSORS_FILE, lambda tmp: save_file(
-        tensors, str(tmp), metadata={"content_hash": splits.content_hash}))
+    if not isinstance(splits, DataSplits):
+        from idap.stream_reference import write_reference
+
+        write_reference(splits, directory)
+        (directory / _TENSORS_FILE).unlink(missing_ok=True)  # a reused directory must not keep stale tensors
+    else:
+        (directory / "stream.json").unlink(missing_ok=True)  # nor a stale reference of a streamed dataset
+        tensors = {f"{attr}_{k}": getattr(splits, f"{attr}_{k}").contiguous() for attr in _SPLITS.values()
+                   for k in "xy"}
+        write_file(directory / _TENSORS_FILE, lambda tmp: save_file(
+            tensors, str(tmp), metadata={"content_hash": splits.content_hash}))
     text = json.dumps(splits.describe(), indent=2, sort_keys=True)
     write_file(directory / _META_FILE, lambda tmp: tmp.write_text(text))
 
 
-def load_splits(directory: str | Path) -> DataSplits:
-    """Read splits written by `save_splits`."""
+def load_splits(directory: str | Path):
+    """Read splits written by `save_splits`: ``DataSplits`` or, for a streamed dataset, ``StreamedSplits``
+    over the same files and splits (checked against the recorded content digest)."""
     directory = Path(directory)
     meta_path, tensors_path = directory / _META_FILE, directory / _TENSORS_FILE
-    if not (meta_path.is_file() and tensors_path.is_file()):
-        raise DataError(f"{directory}: expected {_META_FILE} and {_TENSORS_FILE} written by save_splits")
+    if not meta_path.is_file():
+        raise DataError(f"{directory}: expected {_META_FILE} written by save_splits")
     try:
         meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{directory}: unreadable splits ({type(exc).__name__}: {exc})") from exc
+    if isinstance(meta, dict) and meta.get("streamed"):
+        from idap.stream_reference import read_reference
+
+        splits = read_reference(directory)
+        if splits.content_hash != meta.get("content_hash"):
+            raise DataError(f"{directory}: the reference (hash {splits.content_hash}) and {_META_FILE} "
+                            f"(hash {meta.get('content_hash')}) come from different datasets")
+        return splits
+    if not tensors_path.is_file():
+        raise DataError(f"{directory}: expected {_META_FILE} and {_TENSORS_FILE} written by save_splits")
+    try:
         with safe_open(str(tensors_path), framework="pt") as f:
             stored_hash = (f.metadata() or {}).get("content_hash")
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         fields = {f"{attr}_{k}": tensors[f"{attr}_{k}"] for attr in _SPLITS.values() for k in "xy"}
+        if meta.get("kind") == "text":  # token-id splits
+            from idap.text import text_splits_from
+
+            return text_splits_from(meta, fields, stored_hash=stored_hash, where=directory)
         norm = meta["normalization"]
         splits = DataSplits(name=meta["name"], num_classes=int(meta["num_classes"]),
                             in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),
@@ -436,7 +481,7 @@ _BUILTIN: dict[str, Callable[[str | Path | None], _Raw]] = {
 }
 
 
-# ---- CIFAR-10 (idap.streaming reads both its layouts) and dataset specs ------------------------------------
+# ---- CIFAR-10 (idap.cifar10 reads both its layouts) and dataset specs ------------------------------------
 
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -446,7 +491,7 @@ def _cifar10_root(root: str | Path | None) -> Path:
 
 
 def _cifar10_location(root: str | Path | None) -> Path:
-    from idap.streaming import cifar10_jpeg_root
+    from idap.cifar10 import cifar10_jpeg_root
 
     tv = _cifar10_root(root) / "cifar-10-batches-py"
     return tv if (tv / "data_batch_1").is_file() else cifar10_jpeg_root(root=_cifar10_root(root))
@@ -454,7 +499,7 @@ def _cifar10_location(root: str | Path | None) -> Path:
 
 def _load_cifar10(root: str | Path | None) -> _Raw:
     """CIFAR-10 in memory: torchvision's format under ROOT/cifar-10-batches-py, else the JPEG archive."""
-    from idap.streaming import cifar10_arrays
+    from idap.cifar10 import cifar10_arrays
 
     x, y, x_test, y_test, digest = cifar10_arrays(_cifar10_root(root))
     return _Raw(x, y, x_test, y_test, 10, digest)

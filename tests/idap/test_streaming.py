@@ -2,11 +2,13 @@
 stages' consumers (accuracy, recovery) taking a streamed split, CIFAR-10 in both layouts, and an image folder
 too large for the memory it is given compressing end to end."""
 
+import io
 import json
 import os
 import pickle
 import subprocess
 import sys
+import tarfile
 import textwrap
 from pathlib import Path
 
@@ -15,19 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from idap.data import DataError, DataSplits, load_dataset
+from idap.cifar10 import CIFAR10_CLASSES, cifar10_arrays, cifar10_jpeg_root, open_cifar10
+from idap.data import DataError, DataSplits, load_dataset, load_splits, save_splits
+from idap.image_folder import open_image_folder
+from idap.image_transforms import IMAGENET_MEAN, TransformConfig
 from idap.metrics import accuracy
 from idap.models import create_model
 from idap.recovery import train
-from idap.streaming import (
-    CIFAR10_CLASSES,
-    IMAGENET_MEAN,
-    StreamedSplits,
-    cifar10_arrays,
-    cifar10_jpeg_root,
-    open_cifar10,
-    open_image_folder,
-)
+from idap.streaming import StreamedSplits
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -246,3 +243,87 @@ def test_content_hash_cached_and_renewed_on_change(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((12, 12, 3), dtype=np.uint8)).save(image)
     os.utime(image, ns=(1, 1))  # a different mtime even on a coarse clock
     assert open_image_folder(root, calibration_size=1, validation_size=1, workers=0).content_hash != first
+
+
+def _same_splits(a: StreamedSplits, b: StreamedSplits) -> None:
+    for name in ("train", "calibration", "validation", "test"):
+        assert list(map(str, a.split(name).items)) == list(map(str, b.split(name).items)), name
+        assert torch.equal(a.split(name).labels, b.split(name).labels), name
+    assert a.mean == b.mean and a.std == b.std and a.content_hash == b.content_hash
+    assert torch.equal(a.calib_x, b.calib_x)
+    # the same seeded, augmented batches: the transforms were rebuilt as they were
+    xa = torch.cat([x for x, _ in a.train_x.batches(16, shuffle=True, seed=5, augment=True)])
+    xb = torch.cat([x for x, _ in b.train_x.batches(16, shuffle=True, seed=5, augment=True)])
+    assert torch.equal(xa, xb)
+
+
+def test_streamed_splits_travel_as_a_reference(folder, tmp_path):
+    """save_splits writes the files and the split assignments, not pixels; load_splits gives the same splits."""
+    data = open_image_folder(folder, resolution=16, calibration_size=8, validation_size=12, train_limit=50,
+                             workers=0, train_transform=TransformConfig(crop_padding=2))
+    save_splits(data, tmp_path / "data")
+    written = sorted(p.name for p in (tmp_path / "data").iterdir())
+    assert written == ["splits.json", "stream.json"]  # no safetensors: no pixel tensors
+    pixels_bytes = (len(data.train_y) + 8 + 12 + len(data.test_y)) * 3 * 16 * 16 * 4
+    size = sum(p.stat().st_size for p in (tmp_path / "data").iterdir())
+    assert size < pixels_bytes / 4, (size, pixels_bytes)
+    reference = json.loads((tmp_path / "data" / "stream.json").read_text())
+    assert reference["content_hash"] == data.content_hash and len(reference["pools"]["train"]["files"]) == 120
+    assert reference["pools"]["train"]["files"][0] == "train/a/0000.png"
+    loaded = load_splits(tmp_path / "data")
+    assert isinstance(loaded, StreamedSplits) and loaded.describe() == data.describe()
+    _same_splits(data, loaded)
+
+
+def test_reference_refuses_changed_or_missing_images(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDAP_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_folder(tmp_path / "f", per_class=6, split=False)
+    save_splits(open_image_folder(root, calibration_size=2, validation_size=2, workers=0), tmp_path / "d")
+    image = root / "b" / "0001.png"
+    Image.fromarray(np.full((12, 12, 3), 7, dtype=np.uint8)).save(image)
+    os.utime(image, ns=(3, 3))
+    with pytest.raises(DataError, match="changed since the splits were saved"):
+        load_splits(tmp_path / "d")
+    image.unlink()
+    with pytest.raises(DataError, match="lost files"):
+        load_splits(tmp_path / "d")
+    root.rename(tmp_path / "elsewhere")
+    with pytest.raises(DataError, match="not on this machine.*same data volume or IDAP_CACHE_DIR"):
+        load_splits(tmp_path / "d")
+
+
+def test_archive_extracted_into_cache_and_found_when_the_cache_moves(tmp_path, monkeypatch):
+    monkeypatch.setenv("IDAP_CACHE_DIR", str(tmp_path / "cache"))
+    make_folder(tmp_path / "src" / "photos", per_class=8)
+    archive = tmp_path / "photos.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "src" / "photos", arcname="photos")
+    spec = tmp_path / "photos.yaml"
+    spec.write_text("source: photos.tar.gz\nworkers: 0\n")  # relative to the spec's folder
+    data = load_dataset(str(spec), calibration_size=4, validation_size=4)
+    assert isinstance(data, StreamedSplits) and len(data.test_y) == 3 * 2 and data.name == str(archive)
+    assert Path(data.source["root"]).is_relative_to(tmp_path / "cache")  # one extraction, in the cache
+    save_splits(data, tmp_path / "d")
+    calibration = data.calib_x  # decoded now: the files move next
+    # Another step mounts the same cache at another path: the reference is relative to the cache.
+    (tmp_path / "cache").rename(tmp_path / "mounted")
+    monkeypatch.setenv("IDAP_CACHE_DIR", str(tmp_path / "mounted"))
+    moved = load_splits(tmp_path / "d")
+    assert Path(moved.source["root"]).is_relative_to(tmp_path / "mounted")
+    assert torch.equal(moved.calib_x, calibration)
+    bad = tmp_path / "bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        info = tarfile.TarInfo("../escape.png")
+        info.size = 0
+        tar.addfile(info, io.BytesIO(b""))
+    with pytest.raises(DataError, match="unreadable archive"):
+        open_image_folder(bad)
+
+
+def test_cifar10_batches_travel_as_a_reference(tmp_path):
+    _fake_cifar_batches(tmp_path, 6)
+    data = open_cifar10(tmp_path, calibration_size=4, validation_size=4, workers=0)
+    save_splits(data, tmp_path / "d")
+    assert not (tmp_path / "d" / "splits.safetensors").exists()
+    assert json.loads((tmp_path / "d" / "stream.json").read_text())["source"]["kind"] == "cifar10-batches"
+    _same_splits(data, load_splits(tmp_path / "d"))
