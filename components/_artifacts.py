@@ -21,7 +21,7 @@ from components._settings import load_settings
 from idap.bundle import read_bundle_info, save_bundle
 from idap.cli import print_step
 from idap.config import ConfigError, Recipe
-from idap.data import DataSplits
+from idap.data import DataSplits, sample_shape
 from idap.data import input_spec as data_input_spec
 from idap.report import write_plots
 from idap.state import RunState, StepRecord
@@ -85,8 +85,8 @@ def read_json(path: str | os.PathLike):
     return json.loads(Path(path).read_text())
 
 
-def input_shape(data: DataSplits) -> tuple[int, int, int]:
-    return (data.in_channels, data.image_size, data.image_size)
+def input_shape(data: DataSplits) -> tuple[int, ...]:
+    return sample_shape(data)
 
 
 def check_fits(model: nn.Module, data: DataSplits, source: str) -> None:

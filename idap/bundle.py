@@ -10,6 +10,12 @@ A bundle is a directory:
     parity.safetensors    a fixed seeded probe batch and the saved model's output on it
     metadata.json         optional: metrics, lineage
     model.onnx            optional: ONNX export (dynamic batch axis)
+    tokenizer/            text models: the model's own tokenizer files (``model.idap_tokenizer``), data only
+
+A text model (``idap.lm``, registered as ``bert_classifier`` / ``llama_lm``) is a bundle like any other: its
+pruned head counts and FFN widths are the recorded module attributes, its removed layers the ``nn.Identity``
+blocks, its input shape ``(tokens,)``, and architecture.json's ``input`` records ``{"tokens": {"vocab_size",
+"pad_id"}}``; its parity probe is random token ids (int64), never padding.
 
 Loading rebuilds the architecture from its registry name, reshapes it to the recorded widths, loads the
 weights with safetensors (never pickle) and checks the probe output. Every problem raises ``BundleError``
@@ -56,6 +62,8 @@ PARITY = "parity.safetensors"
 METADATA = "metadata.json"
 ONNX = "model.onnx"
 REQUIRED_FILES = (ARCHITECTURE, WEIGHTS, RECIPE, PARITY)
+TOKENIZER_DIR = "tokenizer"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json")
 
 PARITY_SEED = 0
 PARITY_BATCH = 2
@@ -106,7 +114,7 @@ def save_bundle(
     # Parity reference, MACs and ONNX are computed on CPU: the loader verifies on CPU, and TF32 on a GPU
     # would differ from CPU by far more than the parity tolerance.
     cpu_model = model if model_device(model).type == "cpu" else copy.deepcopy(model).cpu()
-    probe = _probe(input_shape)
+    probe = _probe(input_shape, model=cpu_model)
     try:
         output = _forward(cpu_model, probe)
     except Exception as error:
@@ -131,6 +139,8 @@ def save_bundle(
     # A model loaded from a bundle carries what its input must look like (``idap_input``), so a model pruned
     # from it records the same normalisation without every caller passing it on.
     input_spec = input_spec if input_spec is not None else getattr(model, "idap_input", None)
+    if not input_spec and callable(getattr(model, "token_input", None)):
+        input_spec = {"tokens": model.token_input()}
     if input_spec:
         architecture["input"] = _checked_input_spec(input_spec, input_shape, directory)
 
@@ -141,6 +151,7 @@ def save_bundle(
             _write_json(staging / METADATA, metadata)
         save_file(weights, str(staging / WEIGHTS), metadata={"format": FORMAT})
         save_file({"input": probe, "output": output}, str(staging / PARITY), metadata={"format": FORMAT})
+        _write_tokenizer(staging, getattr(model, "idap_tokenizer", None))
         if onnx:
             export_onnx(cpu_model, staging / ONNX, input_shape=input_shape)
             check_onnx(cpu_model, staging / ONNX, input_shape=input_shape)
@@ -189,6 +200,8 @@ def load_bundle(
     model.eval()
     if architecture.get("input"):
         model.idap_input = dict(architecture["input"])
+    if (directory / TOKENIZER_DIR).is_dir():
+        model.idap_tokenizer = _read_tokenizer(directory)
     if verify:
         _verify_parity(model, directory)
     return model.to(map_location)
@@ -226,7 +239,7 @@ def export_onnx(
 
     path = Path(path)
     input_shape = _input_shape(input_shape, path)
-    probe = _probe(input_shape).to(model_device(model))
+    probe = _probe(input_shape, model=model).to(model_device(model))
     try:
         with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
             # The legacy exporter warns that it is legacy, and traces shape arithmetic with TracerWarnings;
@@ -261,7 +274,7 @@ def check_onnx(
     import onnxruntime
 
     onnx_path = Path(onnx_path)
-    probe = _probe(_input_shape(input_shape, onnx_path), batch=PARITY_BATCH + 1)
+    probe = _probe(_input_shape(input_shape, onnx_path), batch=PARITY_BATCH + 1, model=model)
     expected = _forward(model, probe.to(model_device(model))).cpu()
     try:
         session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -551,9 +564,29 @@ def _verify_parity(model: nn.Module, directory: Path) -> None:
         )
 
 
-def _probe(input_shape: tuple[int, ...], batch: int = PARITY_BATCH) -> Tensor:
+def _probe(input_shape: tuple[int, ...], batch: int = PARITY_BATCH, model: nn.Module | None = None) -> Tensor:
+    """A seeded probe batch: random normals, or what the model says its input looks like (token ids)."""
     generator = torch.Generator().manual_seed(PARITY_SEED)
+    if callable(getattr(model, "probe_input", None)):
+        return model.probe_input(batch, tuple(input_shape), generator)
     return torch.randn((batch, *input_shape), generator=generator)
+
+
+def _write_tokenizer(staging: Path, files: dict | None) -> None:
+    if not files:
+        return
+    unknown = sorted(set(files) - set(TOKENIZER_FILES))
+    if unknown:
+        raise BundleError(f"tokenizer files {unknown} are not among the ones a bundle keeps: {list(TOKENIZER_FILES)}")
+    (staging / TOKENIZER_DIR).mkdir()
+    for name, text in files.items():
+        (staging / TOKENIZER_DIR / name).write_text(text, encoding="utf-8")
+
+
+def _read_tokenizer(directory: Path) -> dict[str, str]:
+    """The bundle's tokenizer files (only the known names; they are data, nothing in them runs)."""
+    return {name: (directory / TOKENIZER_DIR / name).read_text(encoding="utf-8")
+            for name in TOKENIZER_FILES if (directory / TOKENIZER_DIR / name).is_file()}
 
 
 def _forward(model: nn.Module, x: Tensor) -> Tensor:
@@ -584,23 +617,30 @@ def _input_shape(input_shape: Sequence[int], where: Path) -> tuple[int, ...]:
 
 
 def read_input_spec(directory: str | os.PathLike) -> dict:
-    """The input a bundled model expects: ``{"shape", "mean", "std", "scale"}``.
+    """The input a bundled model expects: ``{"shape", "mean", "std", "scale", "tokens"}``.
 
     ``mean`` / ``std`` are per channel in the units of ``pixels * scale`` (``scale`` 1/255 for ImageNet-style
     statistics of pixels in [0, 1]); both are ``None`` when the bundle does not record them (models trained by
     ``idap train`` normalise with their dataset's own statistics, recorded with the dataset).
+    ``tokens`` is ``{"vocab_size", "pad_id"}`` for a text model (int64 token ids of shape ``(N, tokens)``), else None.
     """
     architecture = _read_architecture(Path(directory))
     spec = architecture.get("input") or {}
     return {"shape": list(architecture["input_shape"]), "mean": spec.get("mean"), "std": spec.get("std"),
-            "scale": spec.get("scale")}
+            "scale": spec.get("scale"), "tokens": spec.get("tokens")}
 
 
 def _checked_input_spec(spec: dict, input_shape: tuple[int, ...], where: Path) -> dict:
-    unknown = set(spec) - {"mean", "std", "scale"}
+    unknown = set(spec) - {"mean", "std", "scale", "tokens"}
     if unknown:
-        raise BundleError(f"{where}: input_spec has unknown fields {sorted(unknown)}; valid: mean, std, scale")
+        raise BundleError(f"{where}: input_spec has unknown fields {sorted(unknown)}; valid: mean, std, scale, tokens")
     out: dict = {}
+    if spec.get("tokens") is not None:
+        tokens = spec["tokens"]
+        if not isinstance(tokens, dict) or not isinstance(tokens.get("vocab_size"), int) or tokens["vocab_size"] < 2:
+            raise BundleError(f"{where}: input_spec tokens must be {{'vocab_size': int >= 2, 'pad_id': int | None}}, "
+                              f"got {tokens!r}")
+        out["tokens"] = {"vocab_size": int(tokens["vocab_size"]), "pad_id": tokens.get("pad_id")}
     for key in ("mean", "std"):
         value = spec.get(key)
         if value is None:

@@ -21,7 +21,7 @@ from torch import nn
 
 from idap.bundle import load_bundle, read_bundle_info, save_bundle
 from idap.config import Recipe
-from idap.data import DataSplits
+from idap.data import DataSplits, sample_shape
 from idap.state import RunState
 
 MODEL = "model"
@@ -47,7 +47,7 @@ class Checkpoint:
     def __init__(self, directory: str | os.PathLike, dense: nn.Module, recipe: Recipe, data: DataSplits) -> None:
         self.directory = Path(directory)
         self.recipe = recipe
-        self.input_shape = (data.in_channels, data.image_size, data.image_size)
+        self.input_shape = sample_shape(data)
         self.key = {"dense": weights_digest(dense), "recipe": recipe.digest(), "data": data.content_hash}
         name = getattr(dense, "idap_arch", {}).get("name", "")
         # the dense model's own factory is already imported and trusted by whoever built it

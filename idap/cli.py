@@ -23,7 +23,7 @@ from idap.checkpoint import CheckpointMismatch
 from idap.checks import check_data, check_model_fits
 from idap.compress import CompressionResult, compress
 from idap.config import ConfigError, Recipe
-from idap.data import DataError, fetch_dataset, input_spec, list_datasets, load_dataset
+from idap.data import DataError, fetch_dataset, input_spec, list_datasets, load_dataset, sample_shape
 from idap.metrics import resolve_device
 from idap.models import TRUST_ENV, ModelError, list_models, trust_modules
 from idap.report import compression_report, evaluate_model, write_report
@@ -260,8 +260,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _shape(data) -> tuple[int, int, int]:
-    return (data.in_channels, data.image_size, data.image_size)
+def _shape(data) -> tuple[int, ...]:
+    return sample_shape(data)
 
 
 def vars_json(args: argparse.Namespace) -> dict:

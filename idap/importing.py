@@ -9,6 +9,9 @@ Sources:
   pickled full model is refused before any of its code can run, with the two lines that save a state dict.
 * a bundle directory (for example one downloaded from the MLflow registry or S3 by the edge,
   ``pipelines.cli``): loaded with its parity check and written again.
+* a Hugging Face text model directory (``config.json`` + ``model.safetensors`` + ``tokenizer.json``): BERT
+  with a new classification head for ``--num-classes``, Llama as a decoder LM, fed ``--max-length`` tokens
+  (``idap.text_models.import_hf_model``); the bundle keeps the tokenizer.
 
 Keys are matched strictly: a file that does not fit names every missing, unexpected and mis-shaped key.
 ``num_classes`` replaces the classifier (the last ``nn.Linear``) by a freshly initialised one; everything
@@ -347,6 +350,7 @@ def add_import_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, default=None, help="replace the classifier for this many classes")
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--image-size", type=int, default=224, help="side of the square input the model will get")
+    p.add_argument("--max-length", type=int, default=128, help="text models: tokens per sample")
     p.add_argument("--option", dest="options", action="append", default=[], metavar="NAME=JSON",
                    help="a factory argument, e.g. --option dropout=0.1 (repeatable)")
     p.add_argument("--normalization", default="imagenet",
@@ -376,7 +380,15 @@ def cmd_import(args: argparse.Namespace) -> int:
     """``idap import``: print the ImportReport as JSON; the bundle is at ``--out``."""
     trust = list(getattr(args, "trust_modules", []) or [])
     source = args.source_model
-    if Path(source).is_dir():
+    if is_hf_directory(source):
+        if args.weights or args.fine_tune:
+            raise ModelImportError(f"{source} is a Hugging Face model directory: its weights are model.safetensors "
+                                   "(no --weights); fine-tune it with idap compress's recovery or idap text finetune")
+        from idap.text_models import import_hf_model
+
+        report = import_hf_model(source, args.out, num_classes=args.num_classes, max_length=args.max_length,
+                                 seed=args.seed)
+    elif Path(source).is_dir():
         if args.weights or args.num_classes is not None:
             raise ModelImportError(f"{source} is a bundle: --weights and --num-classes apply to an architecture "
                                    "name; import the bundle as it is, or name its architecture")
@@ -404,6 +416,12 @@ def cmd_import(args: argparse.Namespace) -> int:
               file=sys.stderr, flush=True)
     print(json.dumps(result, indent=2))
     return 0
+
+
+def is_hf_directory(path: str | os.PathLike) -> bool:
+    """A Hugging Face model directory (``config.json``), not an idap bundle (``architecture.json``)."""
+    p = Path(path)
+    return p.is_dir() and (p / "config.json").is_file() and not (p / "architecture.json").is_file()
 
 
 def _factory_module(architecture: str) -> list[str]:

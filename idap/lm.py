@@ -79,6 +79,20 @@ class BertShape:
         return asdict(self)
 
 
+class TokenInput:
+    """What a bundle needs of a model on token ids: a parity probe of real ids and the input it records."""
+
+    shape: BertShape | LlamaShape
+
+    def probe_input(self, batch: int, input_shape, generator: torch.Generator) -> Tensor:
+        """Random token ids (batch, length) in ``[1, vocab)``, never padding (a padded probe proves little)."""
+        return torch.randint(1, self.shape.vocab_size, (batch, *input_shape), generator=generator)
+
+    def token_input(self) -> dict:
+        """The bundle's record of the input: int64 token ids, the vocabulary and the padding id."""
+        return {"vocab_size": self.shape.vocab_size, "pad_id": getattr(self.shape, "pad_id", None)}
+
+
 # --- BERT ------------------------------------------------------------------------------------------
 
 
@@ -127,7 +141,7 @@ class BertLayer(nn.Module):
         return [self.ffn_out]
 
 
-class BertClassifier(nn.Module):
+class BertClassifier(TokenInput, nn.Module):
     """BERT encoder + masked mean pooling + a linear classifier, on token ids (B, L); pad tokens are masked."""
 
     def __init__(self, shape: BertShape, num_classes: int) -> None:
@@ -170,6 +184,10 @@ def _token_ids(ids: Tensor, vocab_size: int, max_positions: int | None) -> Tenso
         raise TextModelError(f"expected token ids of shape (batch, length), got {tuple(ids.shape)}")
     if max_positions is not None and ids.shape[1] > max_positions:
         raise TextModelError(f"{ids.shape[1]} tokens exceed the model's {max_positions} positions")
+    if ids.is_floating_point():
+        # the library's shape-only probes (MACs, latency) feed zeros or random normals: round them to ids in
+        # range; real token ids are int64 and pass through untouched
+        return ids.round().clamp(0, vocab_size - 1).long()
     return ids.long()
 
 
@@ -319,7 +337,7 @@ class LlamaLayer(nn.Module):
         return [self.down_proj]
 
 
-class LlamaLM(nn.Module):
+class LlamaLM(TokenInput, nn.Module):
     """Llama decoder on token ids (B, L) -> next-token logits (B, L, vocab)."""
 
     def __init__(self, shape: LlamaShape) -> None:
@@ -479,3 +497,30 @@ def load_hf_state(model: nn.Module, state: dict[str, Tensor], *, strict_extra: b
                 raise TextModelError(f"{hf_key}: weight of shape {tuple(value.shape)} for a parameter of {tuple(param.shape)}")
             param.copy_(value.to(param.dtype))
     return model
+
+
+# --- registry factories (``idap.models`` registers them: a bundle rebuilds these by name) ----------------
+
+
+def bert_classifier(num_classes: int, in_channels: int, image_size: int, **shape) -> BertClassifier:
+    """``create_model("bert_classifier", num_classes, 1, max_length, **BertShape fields)``; ``image_size`` is
+    the token length the model is fed (recorded, not a limit below ``max_positions``)."""
+    _check_token_task(in_channels, image_size, shape.get("max_positions", 512))
+    return BertClassifier(BertShape(**shape), num_classes)
+
+
+def llama_lm(num_classes: int, in_channels: int, image_size: int, **shape) -> LlamaLM:
+    """``create_model("llama_lm", vocab_size, 1, block_size, **LlamaShape fields)``: its "classes" are the
+    vocabulary (next-token logits)."""
+    _check_token_task(in_channels, image_size, shape.get("max_positions", 2048))
+    s = LlamaShape(**shape)
+    if num_classes != s.vocab_size:
+        raise TextModelError(f"a decoder LM predicts its vocabulary: num_classes must be {s.vocab_size}, got {num_classes}")
+    return LlamaLM(s)
+
+
+def _check_token_task(in_channels: int, length: int, max_positions: int) -> None:
+    if in_channels != 1:
+        raise TextModelError(f"a text model takes one row of token ids per sample: in_channels must be 1, got {in_channels}")
+    if length > max_positions:
+        raise TextModelError(f"{length} tokens exceed the model's {max_positions} positions")

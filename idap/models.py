@@ -40,10 +40,12 @@ from torchvision.models.resnet import Bottleneck as TVBottleneck
 from torchvision.models.vision_transformer import EncoderBlock, MLPBlock, VisionTransformer
 
 from idap.attention import HeadPrunableAttention
+from idap.lm import bert_classifier, llama_lm
 
 SMALL_IMAGE = 64  # images up to this side get CIFAR-style stems (3x3 stride 1, no stem max-pool)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}  # name -> "image" | "text"
 # Modules whose factories a *file* (a bundle's architecture.json) may name: the user's explicit choice,
 # never the file's. IDAP_TRUSTED_MODULES (comma-separated) adds to it for every process of a run.
 TRUST_ENV = "IDAP_TRUSTED_MODULES"
@@ -54,8 +56,11 @@ class ModelError(ValueError):
     """A model name, import path or constructor argument that cannot be built."""
 
 
-def register_model(name: str) -> Callable:
-    """Register ``factory(num_classes, in_channels, image_size, **kwargs) -> nn.Module`` under ``name``."""
+def register_model(name: str, *, task: str = "image") -> Callable:
+    """Register ``factory(num_classes, in_channels, image_size, **kwargs) -> nn.Module`` under ``name``.
+
+    ``task`` groups the listing: ``"image"`` models take (N, C, H, W) pixels, ``"text"`` models token ids.
+    """
     if not name or ":" in name:
         raise ModelError(
             f"model names must be non-empty and without ':' (reserved for import paths), got {name!r}"
@@ -65,6 +70,7 @@ def register_model(name: str) -> Callable:
         if name in _REGISTRY:
             raise ModelError(f"model {name!r} is already registered")
         _REGISTRY[name] = factory
+        _TASKS[name] = task
         return factory
 
     return decorator
@@ -103,9 +109,9 @@ def check_trusted(name: str, extra: Iterable[str] = (), *, where: str = "") -> N
     )
 
 
-def list_models() -> list[str]:
-    """Names of every registered model, sorted."""
-    return sorted(_REGISTRY)
+def list_models(task: str = "image") -> list[str]:
+    """Names of the registered models of a task (``"image"``, the default, or ``"text"``), sorted."""
+    return sorted(n for n in _REGISTRY if _TASKS[n] == task)
 
 
 def create_model(
@@ -175,7 +181,7 @@ def _resolve(name: str) -> Callable[..., nn.Module]:
         return _torchvision_classifier(name)
     if ":" not in name:
         raise ModelError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models())}; "
+            f"unknown model {name!r}; registered models: {', '.join(sorted(_REGISTRY))}; "
             "or give an import path 'package.module:factory'"
         )
     module_name, _, attr = name.partition(":")
@@ -576,3 +582,8 @@ def _torchvision_classifier(name: str) -> Callable[..., nn.Module]:
         return builder(weights=None, num_classes=num_classes, **kwargs)
 
     return factory
+
+
+# Text models (idap.lm) on token ids: "image_size" is the token length they are fed.
+register_model("bert_classifier", task="text")(bert_classifier)
+register_model("llama_lm", task="text")(llama_lm)

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from idap.data import DataSplits
+from idap.data import DataSplits, sample_shape
 from idap.metrics import (
     accuracy,
     count_macs,
@@ -31,7 +31,7 @@ SPEEDUP_AGREEMENT = 0.8
 
 def evaluate_model(model: nn.Module, data: DataSplits, *, batch_size: int = 512, device=None) -> dict:
     """Accuracy on validation and test (percent), params and MACs at the dataset's input size."""
-    shape = (data.in_channels, data.image_size, data.image_size)
+    shape = sample_shape(data)
     return {
         "val_acc": accuracy(model, data.val_x, data.val_y, batch_size=batch_size, device=device),
         "test_acc": accuracy(model, data.test_x, data.test_y, batch_size=batch_size, device=device),
@@ -102,6 +102,8 @@ def _ort_version() -> str:
 def _time_ort(session, input_shape: Sequence[int], batch_size: int, repeats: int) -> float:
     """Median seconds of one ``session.run`` on a random batch (after two untimed runs)."""
     x = torch.randn(batch_size, *input_shape).numpy()
+    if session.get_inputs()[0].type == "tensor(int64)":  # a text model's token ids (timing ignores their values)
+        x = torch.ones((batch_size, *input_shape), dtype=torch.long).numpy()
     feed = {session.get_inputs()[0].name: x}
     for _ in range(2):
         session.run(None, feed)
@@ -457,7 +459,7 @@ def compression_report(dense: nn.Module, compressed: nn.Module, data: DataSplits
     fresh exports of both), and build the report."""
     dense_m = evaluate_model(dense, data, batch_size=batch_size, device=device)
     comp_m = evaluate_model(compressed, data, batch_size=batch_size, device=device)
-    shape = (data.in_channels, data.image_size, data.image_size)
+    shape = sample_shape(data)
     notes = []
     if latency:
         with tempfile.TemporaryDirectory(prefix="idap-onnx-") as tmp:

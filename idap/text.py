@@ -7,6 +7,17 @@ splits (calibration, validation, recovery batches, MACs probes) works on it. The
 first; calibration and validation come from the training pool only. Local paths only: an ``s3://`` URI
 is fetched at the edge (``components/_storage``) before it reaches the library.
 
+Where an image dataset goes (``idap.data.load_dataset``, so ``idap compress --dataset`` and the pipeline's
+``dataset``), a text dataset is either a folder of class subfolders of ``.txt`` files, tokenized with the
+model's tokenizer (``tokenizer=``: the bundle being compressed, or a ``tokenizer.json`` in the folder), or a
+dataset spec (YAML), which names everything itself::
+
+    kind: text
+    path: bbcnews/data        # class folders (relative to the spec file)
+    tokenizer: minilm         # a model directory, a bundle (its tokenizer/) or a tokenizer.json
+    max_length: 128
+    per_class_limit: 200      # optional
+
 Example:
     >>> tok = load_tokenizer("path/to/model_dir")                                   # doctest: +SKIP
     >>> data = load_text_folder("bbcnews/data", tok, max_length=128, seed=0)        # doctest: +SKIP
@@ -57,9 +68,11 @@ def load_tokenizer(path: str | os.PathLike):
     from tokenizers import Tokenizer
 
     p = Path(path)
-    file = p / "tokenizer.json" if p.is_dir() else p
+    file = p
+    if p.is_dir():  # a model directory, or a bundle (which keeps its tokenizer in tokenizer/)
+        file = p / "tokenizer.json" if (p / "tokenizer.json").is_file() else p / "tokenizer" / "tokenizer.json"
     if not file.is_file():
-        raise DataError(f"{path}: no tokenizer.json (a Hugging Face model directory has one)")
+        raise DataError(f"{path}: no tokenizer.json (a Hugging Face model directory or a text bundle has one)")
     return Tokenizer.from_file(str(file))
 
 
@@ -200,3 +213,91 @@ def load_text_file(path: str | os.PathLike, tokenizer, *, block_size: int = 128,
     windows = torch.tensor(ids[:n * block_size], dtype=torch.long).view(n, block_size)
     n_test = max(1, round(test_fraction * n))
     return {"train": windows[:n - 2 * n_test], "validation": windows[n - 2 * n_test:n - n_test], "test": windows[n - n_test:]}
+
+
+# --- text datasets where image datasets go (``idap.data.load_dataset``) --------------------------------
+
+_SPEC_KEYS = {"kind", "path", "tokenizer", "max_length", "per_class_limit", "name"}
+
+
+def is_text_source(path: str | os.PathLike) -> bool:
+    """A folder of class subfolders holding ``.txt`` files, or a dataset spec with ``kind: text``."""
+    p = Path(path)
+    if p.is_dir():
+        return any(p.glob("*/*.txt"))
+    return p.is_file() and p.suffix in (".yaml", ".yml", ".json") and _read_spec(p).get("kind") == "text"
+
+
+def _read_spec(path: Path) -> dict:
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise DataError(f"{path}: not a readable dataset spec: {error}") from error
+    return doc if isinstance(doc, dict) else {}
+
+
+def load_text_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
+                      max_length: int | None = None, seed: int = 0, calibration_size: int = 128,
+                      validation_size: int = 256, train_limit: int | None = None,
+                      test_limit: int | None = None) -> TextSplits:
+    """A text folder or text dataset spec as :class:`TextSplits` (what ``load_dataset`` returns for text).
+
+    Args:
+        tokenizer: the model's tokenizer (a model directory, a bundle or a tokenizer.json); a spec's own
+            ``tokenizer`` wins, and a folder without either must hold a ``tokenizer.json``.
+        max_length: tokens per text when the spec does not say (default 128).
+        train_limit, test_limit: seeded subsamples of the train / test splits.
+    """
+    import dataclasses
+
+    p = Path(path)
+    spec: dict = {}
+    root = p
+    if p.is_file():
+        spec = _read_spec(p)
+        unknown = sorted(set(spec) - _SPEC_KEYS)
+        if unknown:
+            raise DataError(f"{p}: unknown text dataset fields {unknown}; valid: {sorted(_SPEC_KEYS)}")
+        if not spec.get("path"):
+            raise DataError(f"{p}: a text dataset spec needs 'path' (a folder of class subfolders of .txt files)")
+        root = (p.parent / spec["path"]) if not Path(spec["path"]).is_absolute() else Path(spec["path"])
+        if spec.get("tokenizer"):
+            t = Path(spec["tokenizer"])
+            tokenizer = t if t.is_absolute() else p.parent / t
+    if tokenizer is None:
+        if not (root / "tokenizer.json").is_file():
+            raise DataError(f"{path}: a text folder needs the model's tokenizer: compress a text bundle (its tokenizer "
+                            f"is used), put a tokenizer.json in the folder, or write a spec with kind: text and "
+                            f"tokenizer: <model directory>")
+        tokenizer = root
+    if max_length is None and (Path(tokenizer) / "architecture.json").is_file():  # a bundle: the length it takes
+        from idap.bundle import read_input_spec
+
+        max_length = int(read_input_spec(tokenizer)["shape"][0])
+    length = int(spec.get("max_length") or max_length or 128)
+    data = load_text_folder(root, load_tokenizer(tokenizer), max_length=length, seed=seed,
+                            calibration_size=calibration_size, validation_size=validation_size,
+                            per_class_limit=spec.get("per_class_limit"), name=spec.get("name") or p.name)
+    gen = torch.Generator().manual_seed(seed)
+    changes = {}
+    for split, limit in (("train", train_limit), ("test", test_limit)):
+        n = len(getattr(data, f"{split}_y"))
+        if limit is not None and limit < n:
+            keep = torch.randperm(n, generator=gen)[:limit].sort().values
+            changes.update({f"{split}_x": getattr(data, f"{split}_x")[keep], f"{split}_y": getattr(data, f"{split}_y")[keep]})
+    return dataclasses.replace(data, **changes) if changes else data
+
+
+def text_splits_from(meta: dict, fields: dict[str, Tensor], *, stored_hash: str | None, where) -> TextSplits:
+    """Rebuild :class:`TextSplits` from ``save_splits``' metadata (``describe()``) and tensors, whose recorded
+    content hash must be the metadata's."""
+    if stored_hash != meta["content_hash"]:
+        raise DataError(f"{where}: the token tensors (hash {stored_hash}) and the metadata (hash "
+                        f"{meta['content_hash']}) come from different datasets")
+    length = int(meta["max_length"])
+    return TextSplits(name=meta["name"], num_classes=int(meta["num_classes"]), in_channels=1, image_size=length,
+                      content_hash=meta["content_hash"], seed=int(meta["seed"]), max_length=length,
+                      pad_id=int(meta["pad_id"]), vocab_size=int(meta["vocab_size"]), classes=tuple(meta["classes"]),
+                      **fields)

@@ -8,6 +8,10 @@ tokenizer files, and ``idap_text.json``: the architecture (``bert_classifier`` o
 two — no code is named or imported from a file), the dense shape, the per-layer kept heads / key-value
 groups and FFN widths, the removed layers, and a parity probe (token ids and the logits they gave).
 
+:func:`import_hf_model` (``idap import --model <HF dir>``) turns a Hugging Face directory into an
+:mod:`idap.bundle` bundle instead — the format every later step (``idap compress``, the pipeline, the
+registry) takes — with the tokenizer files kept in the bundle.
+
 Example:
     >>> model = load_bert_classifier("minilm_dir", num_classes=5)                 # doctest: +SKIP
     >>> save_text_model(model, "out/minilm", tokenizer_dir="minilm_dir")          # doctest: +SKIP
@@ -251,3 +255,112 @@ def export_text_onnx(model: nn.Module, path: str | os.PathLike, *, length: int =
     finally:
         model.train(was)
     return path
+
+
+# --- Hugging Face directory -> idap bundle (``idap import``) ------------------------------------------
+
+
+def tokenizer_files(model_dir: str | os.PathLike) -> dict[str, str]:
+    """The tokenizer files of a model directory, as text (a bundle keeps them in ``tokenizer/``)."""
+    d = Path(model_dir)
+    return {name: (d / name).read_text(encoding="utf-8") for name in _TOKENIZER_FILES if (d / name).is_file()}
+
+
+def hf_bundle_model(model_dir: str | os.PathLike, *, num_classes: int | None = None, max_length: int = 128,
+                    seed: int = 0) -> tuple[nn.Module, dict]:
+    """A registry-built text model (``bert_classifier`` / ``llama_lm``, so it carries ``idap_arch``) with the
+    weights and tokenizer of a Hugging Face directory, and a description of what was done.
+
+    BERT gets a new seeded classifier over masked mean pooling (``num_classes`` required); a directory written
+    by :func:`save_text_model` keeps its own. Llama becomes a decoder LM (its "classes" are the vocabulary).
+    """
+    from idap.models import create_model
+    from idap.text import check_tokenizer, load_tokenizer
+
+    model_dir = Path(model_dir)
+    config = _read_config(model_dir)
+    kind = config.get("model_type")
+    ours = (model_dir / META_FILE).is_file()
+    weights = _read_weights(model_dir)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        if kind == "bert":
+            shape = BertShape.from_hf(config)
+            if ours:
+                num_classes = int(json.loads((model_dir / META_FILE).read_text())["num_classes"])
+            if num_classes is None:
+                raise TextModelError(f"{model_dir}: a BERT encoder needs --num-classes for its new classification head")
+            model = create_model("bert_classifier", num_classes, 1, max_length, **shape.to_json())
+            if not ours:  # a stock checkpoint's classifier (over the pooler) is not ours: a fresh head
+                weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
+            pad_id = shape.pad_id
+        elif kind == "llama":
+            shape = LlamaShape.from_hf(config)
+            if num_classes not in (None, shape.vocab_size):
+                raise TextModelError(f"{model_dir}: a decoder LM predicts its {shape.vocab_size} tokens; "
+                                     f"--num-classes {num_classes} does not apply")
+            model = create_model("llama_lm", shape.vocab_size, 1, max_length, **shape.to_json())
+            weights = {k: v.float() for k, v in weights.items()}
+            pad_id = None
+        else:
+            raise TextModelError(f"{model_dir}: model_type {kind!r} cannot be imported; supported: 'bert', 'llama'")
+    if ours:  # pruned by idap.text: give the fresh model its saved layer shapes first
+        reshape_layers(model, json.loads((model_dir / META_FILE).read_text())["layers"])
+    load_hf_state(model, weights)
+    files = tokenizer_files(model_dir)
+    if "tokenizer.json" not in files:
+        raise TextModelError(f"{model_dir}: no tokenizer.json; a text bundle keeps the model's own tokenizer "
+                             f"(save it with tokenizer.save_pretrained(...) beside the weights)")
+    check_tokenizer(load_tokenizer(model_dir), vocab_size=shape.vocab_size, pad_id=pad_id, where=str(model_dir))
+    model.idap_tokenizer = files
+    head = kind == "bert" and not ours
+    return model.eval(), {"model_type": kind, "head_replaced": head, "num_classes": int(model.idap_arch["num_classes"]),
+                          "notes": [f"new classification head for {num_classes} classes (seed {seed}); fine-tune "
+                                    "before use"] if head else []}
+
+
+def import_hf_model(model_dir: str | os.PathLike, out: str | os.PathLike, *, num_classes: int | None = None,
+                    max_length: int = 128, seed: int = 0):
+    """Write a Hugging Face text model directory as an idap bundle and check it reloads to the same logits.
+
+    Returns an :class:`idap.importing.ImportReport`. With ``transformers`` installed, the imported network is
+    also compared with Hugging Face's own forward pass (BERT: last hidden states; Llama: logits) and the
+    largest difference is added to the report's notes.
+    """
+    from idap.bundle import load_bundle, save_bundle
+    from idap.importing import ImportReport, ModelImportError
+    from idap.metrics import count_macs, count_params
+
+    model, how = hf_bundle_model(model_dir, num_classes=num_classes, max_length=max_length, seed=seed)
+    shape = (int(max_length),)
+    record = {"hugging_face": str(model_dir), **{k: how[k] for k in ("model_type", "head_replaced", "notes")}}
+    save_bundle(model, out, input_shape=shape, recipe={"import": record}, metadata={"import": record})
+    ids = model.probe_input(4, shape, torch.Generator().manual_seed(1234))
+    with torch.inference_mode():
+        expected, got = model(ids), load_bundle(out)(ids)
+    diff = float((expected - got).abs().max())
+    if not diff <= 1e-6 * max(1.0, float(expected.abs().max())):
+        raise ModelImportError(f"{out}: the bundle does not reproduce the imported model (logits differ by {diff:.3g})")
+    notes = list(how["notes"])
+    hf_diff = _hf_difference(model, model_dir, ids)
+    if hf_diff is not None:
+        notes.append(f"max |idap - transformers| {hf_diff:.3g} "
+                     f"({'last hidden states' if how['model_type'] == 'bert' else 'logits'})")
+    return ImportReport(str(out), model.idap_arch["name"], str(model_dir), how["num_classes"], how["num_classes"],
+                        how["head_replaced"], list(shape), None, None, None, count_params(model),
+                        count_macs(model, shape), diff, "logits", notes)
+
+
+def _hf_difference(model: nn.Module, model_dir, ids: Tensor) -> float | None:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None or (Path(model_dir) / META_FILE).is_file():
+        return None
+    import transformers
+
+    with torch.inference_mode():
+        if isinstance(model, BertClassifier):
+            hf = transformers.BertModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
+            return float((hf(input_ids=ids).last_hidden_state - model.encode(ids)[0]).abs().max())
+        hf = transformers.LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+        return float((hf(input_ids=ids).logits - model(ids)).abs().max())
