@@ -6,25 +6,37 @@ to ``idap.bundle.load_bundle`` like any bundle; the version is never loaded thro
 would run the logged model's code file. Downloads are cached under ``<workdir>/registry-cache/NAME/VERSION``
 (a version's artifacts never change) and staged, then renamed, so a reader never sees half a bundle.
 
+A dataset comes from a builtin name, a path, an s3:// object or prefix, or a dataset spec (``idap.dataset_spec``)
+whose ``source`` may itself be on s3://: that source (an image folder or an archive of one) is downloaded once
+into the cache (``idap.image_folder.cache_dir()/s3``), keyed by its content, and streamed from there.
+
 Example:
     >>> resolve_model_source("models:/cnn-digits@champion", ".idap")   # doctest: +SKIP
     PosixPath('.idap/registry-cache/cnn-digits/3/bundle')
+    >>> resolve_dataset("s3://data/photos.yaml", ".idap")              # doctest: +SKIP
+    '.idap/dataset-specs/3f9c2a1b7d4e5f60.json'
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from components import _storage
+from idap.atomic import write_file
 
-__all__ = ["SourceError", "is_registry_uri", "parse_registry_uri", "registered_bundle", "resolve_model_source"]
+__all__ = ["SourceError", "is_registry_uri", "parse_registry_uri", "registered_bundle", "resolve_dataset",
+           "resolve_model_source"]
 
 REGISTRY_PREFIX = "models:/"
 CACHE_DIR = "registry-cache"
+SPECS_DIR = "dataset-specs"  # specs whose s3:// source was replaced by its local copy
 BUNDLE_ARTIFACT = "bundle"  # components._registry logs the bundle as the pyfunc's artifact "bundle"
 _NAME = re.compile(r"^[^/@]+$")
 
@@ -117,3 +129,33 @@ def resolve_model_source(uri: str | os.PathLike, workdir: str | os.PathLike) -> 
     if is_registry_uri(text):
         return registered_bundle(text, workdir)
     return _storage.resolve_input(text, workdir)
+
+
+def resolve_dataset(dataset: str, workdir: str | os.PathLike) -> str:
+    """What ``idap.data.load_dataset`` can open locally: s3:// datasets and s3:// spec sources are fetched.
+
+    A spec (``.yaml`` / ``.yml`` / ``.json``, local or on s3://) whose ``source`` is on s3:// is rewritten as
+    ``<workdir>/dataset-specs/<digest>.json`` with the local copy as ``source`` and the URI as ``origin``.
+    """
+    from idap.data import SPEC_SUFFIXES
+
+    if not _storage.is_s3(dataset) and not (dataset.endswith(SPEC_SUFFIXES) and Path(dataset).is_file()):
+        return dataset  # a builtin name or a local path: load_dataset says what is wrong with it
+    local = _storage.resolve_input(dataset, workdir) if _storage.is_s3(dataset) else Path(dataset)
+    if not local.name.endswith(SPEC_SUFFIXES) or not local.is_file():
+        return str(local)
+    from idap.dataset_spec import load_spec
+    from idap.image_folder import cache_dir
+
+    spec = load_spec(local)
+    source = spec.source
+    if _storage.is_s3(dataset) and "://" not in source and not Path(source).is_absolute() and source != "cifar10":
+        source = f"{dataset.rsplit('/', 1)[0]}/{source}"  # relative to the spec's own prefix in the bucket
+    if not _storage.is_s3(source):
+        return str(local)
+    fetched = _storage.fetch_by_content(source, cache_dir() / "s3")
+    resolved = replace(spec, source=str(fetched), origin=source).to_dict()
+    text = json.dumps(resolved, indent=2, sort_keys=True)
+    path = Path(workdir) / SPECS_DIR / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    write_file(path, lambda tmp: tmp.write_text(text))
+    return str(path)

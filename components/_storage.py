@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 from idap.atomic import replace_directory, write_file
 
-__all__ = ["StorageError", "download", "is_s3", "parse_s3", "resolve_input", "upload"]
+__all__ = ["StorageError", "download", "fetch_by_content", "is_s3", "parse_s3", "resolve_input", "upload"]
 
 CONNECT_TIMEOUT_S = 3
 READ_TIMEOUT_S = 60
@@ -92,6 +92,23 @@ def resolve_input(path_or_uri: str | os.PathLike, workdir: str | os.PathLike) ->
     if listing["kind"] == "file":
         _file_marker(dest).write_text(listing["objects"][""]["etag"])
     return dest
+
+
+def fetch_by_content(uri: str, cache: str | os.PathLike) -> Path:
+    """Download an object or prefix once into ``<cache>/<content key>/`` and return the local copy.
+
+    The key is a sha256 over the listing (relative keys, sizes, ETags): unchanged content is never downloaded
+    again, changed content lands in a new folder, and the same content under two URIs is fetched once.
+    """
+    client = _client()
+    listing = _listing(client, uri)
+    entries = sorted((rel, obj["size"], obj["etag"]) for rel, obj in listing["objects"].items())
+    key = hashlib.sha256(json.dumps([listing["kind"], entries]).encode()).hexdigest()[:16]
+    name = Path(parse_s3(uri)[1].rstrip("/")).name or "bucket"
+    dest = Path(cache) / key / name
+    if dest.exists():  # files are renamed into place whole, directories swapped in whole
+        return dest
+    return _download_listing(client, uri, listing, dest)
 
 
 def download(uri: str, dest: str | os.PathLike) -> Path:

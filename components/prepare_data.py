@@ -22,21 +22,24 @@ def prepare_data(
     run_name: str,
     data: Output[Dataset],
 ) -> NamedTuple("PreparedData", [("recipe_json", str), ("parent_run_id", str)]):
-    """Split ``dataset`` (a builtin name, a path or an s3:// URI) with the recipe's seed and sizes.
+    """Split ``dataset`` (a builtin name, a path, an s3:// URI or a dataset spec) with the recipe's seed and sizes.
+
+    Small datasets travel to the later steps as tensors; a streamed one (a spec) as a reference to its files
+    and their split assignments (``idap.data.save_splits``), never as pixels.
 
     The explicit parameters override ``recipe_json`` (negative = keep the recipe's value, a target of 0 =
     no target); every later step receives the resulting recipe, so the whole run uses one recipe.
     """
     from collections import namedtuple
 
-    from components import _artifacts, _mlflow, _storage, _tracking
+    from components import _artifacts, _mlflow, _sources, _tracking
     from idap.data import load_dataset, save_splits
 
     settings = _mlflow.configure()
     recipe = _artifacts.effective_recipe(recipe_json, seed=seed, max_accuracy_drop=max_accuracy_drop,
                                          target_macs_reduction=target_macs_reduction,
                                          target_params_reduction=target_params_reduction)
-    source = str(_storage.resolve_input(dataset, settings.workdir)) if _storage.is_s3(dataset) else dataset
+    source = _sources.resolve_dataset(dataset, settings.workdir)  # s3:// data and s3:// spec sources, fetched
     parent = _tracking.start_pipeline_run(run_name or f"idap-compress {dataset}",
                                           tags={"idap.dataset": dataset, "idap.recipe_digest": recipe.digest()})
     params = {"dataset": dataset, "train_limit": train_limit, "test_limit": test_limit}

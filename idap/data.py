@@ -173,7 +173,7 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
             return load_text_dataset(path, tokenizer=tokenizer, max_length=max_length, seed=seed,
                                      calibration_size=calibration_size, validation_size=validation_size,
                                      train_limit=train_limit, test_limit=test_limit)
-        if path.is_file() and path.suffix in _SPEC_SUFFIXES:  # a dataset spec: streamed (or decoded) images
+        if path.is_file() and path.suffix in SPEC_SUFFIXES:  # a dataset spec: streamed (or decoded) images
             from idap.dataset_spec import load_spec, open_spec
 
             return open_spec(load_spec(path), root=root, seed=seed, calibration_size=calibration_size,
@@ -483,7 +483,7 @@ _BUILTIN: dict[str, Callable[[str | Path | None], _Raw]] = {
 
 # ---- CIFAR-10 (idap.cifar10 reads both its layouts) and dataset specs ------------------------------------
 
-_SPEC_SUFFIXES = (".yaml", ".yml", ".json")
+SPEC_SUFFIXES = (".yaml", ".yml", ".json")  # a dataset spec file (idap.dataset_spec)
 
 
 def _cifar10_root(root: str | Path | None) -> Path:
