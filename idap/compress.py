@@ -63,8 +63,8 @@ def _position(ctx: RunContext, stage: str) -> dict:
     return ctx.state.position if ctx.state.stage == stage else {}
 
 
-def filter_stage(model: nn.Module, ctx: RunContext, dense: nn.Module, profile: FlowProfile | None = None):
-    """Stage 1 from where the run state stands; returns ``(model, records of this call)``.
+def stage_one(model: nn.Module, ctx: RunContext, dense: nn.Module, profile: FlowProfile | None = None):
+    """Stage 1 (iterative filter pruning, ``idap.filter_stage``) from where the run state stands; returns ``(model, records of this call)``.
 
     Args:
         profile: the dense model's profile, reused for the first step's ranking (no second scoring pass).
@@ -83,8 +83,8 @@ def needs_topup(model: nn.Module, ctx: RunContext) -> bool:
     return r.filter.enabled and r.target_macs_reduction is not None and not ctx.target_reached(model)
 
 
-def layer_stage(model: nn.Module, ctx: RunContext, dense: nn.Module) -> tuple[nn.Module, list[StepRecord]]:
-    """Stage 2, then — when a MACs target is set and blocks stopped short of it — stage 1 tops up the gap."""
+def stage_two_and_topup(model: nn.Module, ctx: RunContext, dense: nn.Module) -> tuple[nn.Module, list[StepRecord]]:
+    """Stage 2 (block removal, ``idap.layer_stage``), then — when a MACs target is set and blocks stopped short of it — stage 1 tops up the gap."""
     first = len(ctx.state.trajectory)
     if ctx.state.stage in ("filter", "layer"):
         plan = _position(ctx, "layer") or None
@@ -156,12 +156,12 @@ def run_stages(model: nn.Module, ctx: RunContext, dense: nn.Module, profile: Flo
     order, r = STAGES.index, ctx.recipe
     if ctx.state.stage == "filter" and order(until) > order("filter"):
         if r.filter.enabled:
-            model, _ = filter_stage(model, ctx, dense, profile)
+            model, _ = stage_one(model, ctx, dense, profile)
         ctx.state.advance("layer")
         ctx.save_point(model)
     if ctx.state.stage in ("layer", "topup") and order(until) > order("topup"):
         if r.layer.enabled:
-            model, _ = layer_stage(model, ctx, dense)
+            model, _ = stage_two_and_topup(model, ctx, dense)
         ctx.state.advance("finetune")
     if ctx.state.stage == "finetune" and until == "done":
         model, _ = final_finetune(model, ctx, dense)

@@ -10,7 +10,7 @@ import idap.importance
 from components._artifacts import load_trajectory, read_json, recipe_from_json
 from components.prune_filters import prune_filters
 from idap.bundle import load_bundle
-from idap.compress import filter_stage
+from idap.compress import stage_one
 from idap.data import load_splits
 from idap.divergence import FlowProfile
 from idap.metrics import count_params
@@ -31,7 +31,7 @@ def test_same_model_as_filter_stage_in_process(chain):
     splits = load_splits(chain.out["data"].path)
     dense = load_bundle(chain.out["dense"].path)
     ctx = RunContext.create(dense, splits, recipe)
-    model, _ = filter_stage(copy.deepcopy(dense), ctx, dense, FlowProfile.from_json(read_json(chain.out["profile"].path)))
+    model, _ = stage_one(copy.deepcopy(dense), ctx, dense, FlowProfile.from_json(read_json(chain.out["profile"].path)))
     assert torch.equal(model(splits.test_x), load_bundle(chain.out["filters"].path)(splits.test_x))
 
 
