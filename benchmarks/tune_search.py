@@ -86,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from components import _tune
+    from components._search_space import SearchSpace
     from components._settings import telemetry_off
     from idap.bundle import load_bundle, read_bundle_info, save_bundle
     from idap.cli import train_dense
@@ -98,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     base = Recipe.from_yaml(ROOT / "recipes" / "resnet20-fashion-2x.yaml").with_overrides(
         {"device": "cpu", "target_macs_reduction": None, **preset["overrides"]})  # no target: as small as Δ allows
-    space = _tune.SearchSpace.from_dict({**SPACE, "num_samples": num_samples}, source="benchmarks/tune_search.py")
+    space = SearchSpace.from_dict({**SPACE, "num_samples": num_samples}, source="benchmarks/tune_search.py")
     space.validate(base)
     fetch_dataset("fashion-mnist", args.data_root)
     data = load_dataset("fashion-mnist", root=args.data_root, seed=base.seed, calibration_size=base.calibration_size,

@@ -337,21 +337,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     search from its experiment directory with the settings it started with.
     """
     from components import _tune
+    from components._search_space import SearchSpace
     from idap.bundle import load_bundle, save_bundle
 
     settings = load_settings()
     if args.resume:
         if not args.experiment_dir:
             raise PipelineError("--resume needs --experiment-dir (the directory of the interrupted search)")
+        if args.submit:
+            raise PipelineError("--resume continues a local search; a submitted job is not resumed: submit it again")
         exp_dir = Path(args.experiment_dir)
         state = _tune.read_state(exp_dir)
-        space = _tune.SearchSpace.from_dict(state["space"], source=state.get("space_source", "search space"))
+        space = SearchSpace.from_dict(state["space"], source=state.get("space_source", "search space"))
         base, sources = Recipe.from_dict(state["base_recipe"]), state["sources"]
     else:
         if not args.dataset:
             raise PipelineError("--dataset is required (unless --resume)")
         exp_dir = Path(args.experiment_dir or settings.workdir / "tune" / time.strftime("%Y%m%d-%H%M%S"))
-        space = _tune.SearchSpace.load(args.search_space or "").with_settings(
+        space = SearchSpace.load(args.search_space or "").with_settings(
             objective=args.objective, reduction=args.reduction, budget_pp=args.budget,
             num_samples=2 if args.smoke_test else args.num_samples)
         base = idap_cli.recipe_from_args(args)
@@ -381,12 +384,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
         sources["model_dir"] = str(save_bundle(dense, exp_dir.absolute() / "dense", input_shape=(
             data.in_channels, data.image_size, data.image_size), recipe={"train_epochs": sources["train_epochs"]}))
     try:
-        result = _tune.run_search(
-            data=data, dense=dense, base=base, space=space, experiment_dir=exp_dir, resume=args.resume,
-            run_name=f"tune {Path(str(dataset)).name}", sources=sources, address=args.address,
-            num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent,
-            seed=args.search_seed, measure_latency=not args.no_latency,
-            verbose=0 if args.quiet else 2 if args.verbose else 1)
+        if args.submit:  # the whole search as a Ray job on the cluster (components/_ray_job)
+            from components import _ray_job
+
+            result = _ray_job.submit_search(
+                args.submit, data=data, dense=dense, base=base, space=space, out_dir=exp_dir / "results",
+                run_name=f"tune {Path(str(dataset)).name}", sources=sources, exchange=args.exchange,
+                cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, seed=args.search_seed,
+                measure_latency=not args.no_latency, timeout_s=args.job_timeout,
+                echo=None if args.quiet else _ray_job._stderr)
+        else:
+            result = _tune.run_search(
+                data=data, dense=dense, base=base, space=space, experiment_dir=exp_dir, resume=args.resume,
+                run_name=f"tune {Path(str(dataset)).name}", sources=sources, address=args.address,
+                storage=args.storage, num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
+                max_concurrent=args.max_concurrent, seed=args.search_seed, measure_latency=not args.no_latency,
+                verbose=0 if args.quiet else 2 if args.verbose else 1)
     except _tune.SearchInterrupted as exc:
         log(f"interrupted: {exc}")
         return 130
@@ -423,7 +436,17 @@ def _add_tune_parser(sub) -> None:
     p.add_argument("--cpus-per-trial", type=_positive_int, default=1, help="CPUs (and torch threads) per trial")
     p.add_argument("--num-cpus", type=_positive_int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--max-concurrent", type=_positive_int, default=None, help="trials at once (default: as CPUs allow)")
-    p.add_argument("--address", default=None, help="an existing Ray cluster (default: $RAY_ADDRESS, else local)")
+    ray = p.add_mutually_exclusive_group()
+    ray.add_argument("--address", default=None, help="drive trials on a Ray cluster, host:6379 or ray://host:10001 "
+                     "(default: $RAY_ADDRESS, else local)")
+    ray.add_argument("--submit", default=None, metavar="URL", help="run the whole search as a Ray job on the "
+                     "cluster whose dashboard is URL (http://host:8265); inputs and results through S3")
+    p.add_argument("--storage", default=None, help="Tune's trial storage, s3:// when trials run on other machines "
+                   "than this one (default: beside --experiment-dir)")
+    p.add_argument("--exchange", default=None, help="with --submit: s3:// prefix for the job's inputs and results "
+                   "(default: s3://$IDAP_BUCKET/idap/search-jobs)")
+    p.add_argument("--job-timeout", type=float, default=24 * 3600, help="with --submit: stop the job after this "
+                   "many seconds (default: 24 h)")
     p.add_argument("--experiment-dir", default=None, help="Tune's experiment directory (default: .idap/tune/<time>)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted search in --experiment-dir")
     p.add_argument("--search-seed", type=int, default=0, help="seed of the Optuna sampler")

@@ -56,6 +56,7 @@ def tune_pipeline(
     num_samples: int = 0,
     cpus_per_trial: int = 1,
     ray_address: str = "",
+    search_job_timeout_s: int = 86400,
     search_seed: int = 0,
     seed: int = -1,
     registered_name: str = "",
@@ -73,7 +74,9 @@ def tune_pipeline(
             ``reduction`` ("" = the space's) and ``num_samples`` (0 = the space's) override it.
         max_accuracy_drop: the budget Δ (negative = the recipe's); the search's constraint unless the space
             sets ``budget_pp``.
-        ray_address: a Ray cluster for the trials ("" = a local Ray inside the search step).
+        ray_address: "" = a local Ray inside the search step; ``http://idap-ray-head-svc:8265`` = submit the
+            search as a Ray job to the RayCluster (inputs and results through S3, the job stopped after
+            ``search_job_timeout_s``); ``ray://idap-ray-head-svc:10001`` = the step drives the cluster's trials.
         Others as in the compress pipeline.
     """
     prep = _step(prepare_data(dataset=dataset, data_root=data_root, recipe_json=recipe_json, seed=seed,
@@ -87,7 +90,8 @@ def tune_pipeline(
     search = _step(search_compression(data=prep.outputs["data"], dense=base.outputs["dense"], recipe_json=recipe,
                                       parent_run_id=parent, search_space=search_space, objective=objective,
                                       reduction=reduction, num_samples=num_samples, cpus_per_trial=cpus_per_trial,
-                                      ray_address=ray_address, seed=search_seed, measure_latency=measure_latency),
+                                      ray_address=ray_address, seed=search_seed, measure_latency=measure_latency,
+                                      job_timeout_s=search_job_timeout_s),
                    "search-compression", "search")
     tail = compress_tail(data=prep.outputs["data"], dense=base.outputs["dense"],
                          recipe_json=search.outputs["recipe_json"], parent_run_id=parent,

@@ -1,4 +1,4 @@
-"""The Ray Tune search (components/_tune.py): the search space checked before Ray starts, and real searches
+"""The Ray Tune search (components/_tune.py and the _search_* modules): the search space checked before Ray starts, and real searches
 on local Ray — digits, cnn_small, a tiny recipe, MLflow in the package's sqlite store — that check the
 nested trial runs, the default recipe as first trial, ASHA stopping a trial early, a failing trial, the
 Pareto front and resuming an interrupted search (``idap tune --resume``)."""
@@ -12,8 +12,8 @@ import pytest
 import yaml
 from ray.tune import Callback
 
-from components import _tune
-from components._tune import SearchSpace, SearchSpaceError
+from components import _search_results, _tune
+from components._search_space import DEFAULT_SPACE, SearchSpace, SearchSpaceError
 from idap.config import Recipe
 
 TINY = {"calibration_size": 128, "validation_size": 256, "eval_batch_size": 256, "device": "cpu",
@@ -47,11 +47,11 @@ def replace_source(space):
     return replace(space, source="search space")
 
 
-@pytest.mark.parametrize("space_file", sorted(p.name for p in _tune.DEFAULT_SPACE.parent.glob("*.yaml")))
+@pytest.mark.parametrize("space_file", sorted(p.name for p in DEFAULT_SPACE.parent.glob("*.yaml")))
 @pytest.mark.parametrize("recipe_file", ["default.yaml", "demo.yaml", "resnet20-fashion-2x.yaml"])
 def test_shipped_spaces_fit_the_shipped_recipes(space_file, recipe_file):
-    space = SearchSpace.from_yaml(_tune.DEFAULT_SPACE.parent / space_file)
-    space.validate(Recipe.from_yaml(_tune.DEFAULT_SPACE.parents[1] / recipe_file))
+    space = SearchSpace.from_yaml(DEFAULT_SPACE.parent / space_file)
+    space.validate(Recipe.from_yaml(DEFAULT_SPACE.parents[1] / recipe_file))
 
 
 def test_default_space_covers_every_part_of_the_recipe():
@@ -101,7 +101,7 @@ def test_pareto_front_is_exactly_the_non_dominated_points():
 
     rng = random.Random(0)
     points = [{"val_acc": rng.choice([90.0, 91.0, 92.0, 93.0]), "macs_reduction": rng.uniform(1, 3)} for _ in range(40)]
-    front = _tune.pareto_front(points)
+    front = _search_results.pareto_front(points)
     dominated = [p for p in points if any(q["val_acc"] >= p["val_acc"] and q["macs_reduction"] >= p["macs_reduction"]
                                           and q != p for q in points)]
     assert front and all(p not in dominated for p in front)
@@ -131,8 +131,8 @@ def test_a_trial_over_budget_scores_infeasible_and_never_wins():
     trials = [{"status": "complete", "feasible": False, "macs_reduction": 9.0, "val_acc": 80.0, "index": 0},
               {"status": "complete", "feasible": True, "macs_reduction": 2.0, "val_acc": 89.5, "index": 1},
               {"status": "stopped", "feasible": False, "macs_reduction": 5.0, "val_acc": 89.9, "index": 2}]
-    assert _tune._select(space, [], trials) is trials[1]
-    assert _tune._select(space, [], trials[:1]) is None
+    assert _search_results.select_winner(space, [], trials) is trials[1]
+    assert _search_results.select_winner(space, [], trials[:1]) is None
 
 
 def test_asha_never_stops_the_default_recipe():
@@ -151,10 +151,10 @@ def test_asha_never_stops_the_default_recipe():
 
 def test_a_searched_delta_above_the_budget_becomes_stage_slack():
     recipe = Recipe(max_accuracy_drop=2.5, stage_slack=0.5)
-    held = _tune.held_to_budget(recipe, 1.0)
+    held = _search_results.held_to_budget(recipe, 1.0)
     assert held.max_accuracy_drop == 1.0 and math.isclose(held.stage_budget, recipe.stage_budget)
     strict = Recipe(max_accuracy_drop=0.5)
-    assert _tune.held_to_budget(strict, 1.0) == strict
+    assert _search_results.held_to_budget(strict, 1.0) == strict
 
 
 # ---- real searches on local Ray ----------------------------------------------------------------

@@ -11,9 +11,8 @@ import sys
 import pytest
 import yaml
 
-from components import _tune
 from components._artifacts import read_json
-from components._tune import SearchSpace
+from components._search_space import DEFAULT_SPACE, SearchSpace
 from pipelines.cli import PIPELINES, main
 
 pytestmark = pytest.mark.slow
@@ -43,7 +42,7 @@ def test_tune_pipeline_compiles_with_the_search_feeding_the_compress_tail(tmp_pa
         assert params["parent_run_id"]["taskOutputParameter"]["producerTask"] == "prepare-data"
     default = spec["root"]["inputDefinitions"]["parameters"]["search_space"]["defaultValue"]
     # the shipped default space, baked in at compile time: the image holds no recipes/
-    assert SearchSpace.from_text(default) == SearchSpace.from_text(_tune.DEFAULT_SPACE.read_text())
+    assert SearchSpace.from_text(default) == SearchSpace.from_text(DEFAULT_SPACE.read_text())
     component = spec["components"][search["componentRef"]["name"]]
     assert component["outputDefinitions"]["artifacts"]["report"]["artifactType"]["schemaTitle"] == "system.Markdown"
     # the cluster's MLflow / object-store environment, as every compress step gets it (pipelines/_platform.py)
