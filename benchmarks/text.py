@@ -8,7 +8,8 @@ Problem of Diagonal Dominance in Kernel Document Clustering", ICML 2006), read f
 Methods, all on the same fine-tuned dense model, the same loop (idap's stages), recovery budget and
 accuracy budget:
     idap++    flow scores for heads and FFN neurons (stage 1) + flow-divergence layer removal (stage 2)
-    taylor    Torch-Pruning's first-order Taylor importance for FFN neurons (heads: weight magnitude), stage 1 only
+    taylor    first-order Taylor |w * dL/dw|: Torch-Pruning's for FFN neurons, idap's for heads (over each head's
+              Q/K/V rows and O columns, idap.importance.TaylorImportance.head_scores), stage 1 only
     l1        Torch-Pruning's L1 magnitude for FFN neurons and heads, stage 1 only
     shortgpt  layer dropping by ShortGPT's block influence (1 - cos), stage 2 only
 
@@ -271,8 +272,8 @@ def markdown(doc: dict) -> str:
     n_test = doc["data"]["sizes"].get("test", 0)
     lines += ["", "Params include the 30,522 x 384 word embedding (11.7 M), which no method prunes. "
               "MACs in the trajectories (JSON) are at the run's own token length.",
-              "Taylor and L1 rank FFN neurons by Torch-Pruning's criteria; both rank heads by weight magnitude "
-              "(idap's default head score), hence their identical head counts. "
+              "Taylor ranks FFN neurons and heads by first-order Taylor |w * dL/dw| (a head: over its Q/K/V rows and "
+              "O columns); L1 ranks both by weight magnitude. "
               + (f"One test article is {100 / n_test:.2f} pp: with one seed, differences of a few articles are noise."
                  if n_test else ""),
               "Timings come from a shared, loaded 2-core machine: two remeasures of the same models differed by up to "

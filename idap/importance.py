@@ -168,6 +168,24 @@ class TaylorImportance(_TorchPruningCriterion):
         finally:
             model.train(was_training)
 
+    def head_scores(self, model: nn.Module) -> dict[str, Tensor]:
+        """First-order Taylor per head (key-value group under grouped-query attention): the sum of
+        ``|w * dL/dw|`` over the head's Q, K and V rows (weights and biases) and its O columns, from the
+        gradients ``prepare`` left; weight magnitude where there are none."""
+        out = {}
+        for name, m in attention_modules(model).items():
+            if any(p.weight.grad is None for p in (m.q_proj, m.k_proj, m.v_proj, m.out_proj)):
+                return super().head_scores(model)
+            score = torch.zeros(m.num_heads, device=m.out_proj.weight.device)
+            for p in (m.q_proj, m.k_proj, m.v_proj):  # rows of a head are contiguous
+                score += (p.weight * p.weight.grad).abs().reshape(m.num_heads, -1).sum(dim=1)
+                if p.bias is not None and p.bias.grad is not None:
+                    score += (p.bias * p.bias.grad).abs().reshape(m.num_heads, -1).sum(dim=1)
+            o = m.out_proj.weight
+            score += (o * o.grad).abs().reshape(o.shape[0], m.num_heads, -1).sum(dim=(0, 2))
+            out[name] = score.detach().cpu().float()
+        return out
+
 
 @register_importance("random")
 class RandomImportance(Importance):

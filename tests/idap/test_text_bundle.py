@@ -132,3 +132,25 @@ def test_idap_import_and_compress_on_a_text_bundle(bert_bundle, tmp_path, capsys
     assert sum(layer.attention.num_heads for layer in model.layers if hasattr(layer, "attention")) < 12 or \
         any(layer.ffn_in.out_features < 48 for layer in model.layers if hasattr(layer, "ffn_in"))
     assert set(model.idap_tokenizer) == {"tokenizer.json"} and (tmp_path / "out/model.onnx").is_file()
+
+
+def test_taylor_scores_heads_by_gradient_times_weight():
+    from idap.importance import ScoringContext, create_importance
+
+    torch.manual_seed(0)
+    model = create_model("bert_classifier", 3, 1, L, vocab_size=VOCAB, hidden=32, layers=2, heads=4, ffn=48).eval()
+    attn = model.layers[0].attention
+    with torch.no_grad():
+        attn.out_proj.weight[:, 8:16] = 0  # head 1 writes nothing: its Q/K/V get no gradient either
+    taylor = create_importance("taylor")
+    taylor.prepare(model, ScoringContext(ids(batch=8), torch.randint(0, 3, (8,)), batch_size=4))
+    scores = taylor.head_scores(model)["layers.0.attention"]
+    assert scores[1] == 0 and (scores[[0, 2, 3]] > 0).all()
+    magnitude = create_importance("l1").head_scores(model)["layers.0.attention"]
+    assert magnitude[1] > 0  # weight magnitude still ranks the silent head like any other
+    q = attn.q_proj
+    by_hand = (q.weight * q.weight.grad)[:8].abs().sum() + (q.bias * q.bias.grad)[:8].abs().sum()
+    for p in (attn.k_proj, attn.v_proj):
+        by_hand += (p.weight * p.weight.grad)[:8].abs().sum() + (p.bias * p.bias.grad)[:8].abs().sum()
+    by_hand += (attn.out_proj.weight * attn.out_proj.weight.grad)[:, :8].abs().sum()
+    assert torch.isclose(scores[0], by_hand.float(), rtol=1e-5)
