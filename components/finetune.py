@@ -30,7 +30,8 @@ def finetune(
     state = _artifacts.load_state(in_trajectory.path)
     dense_model = load_bundle(dense.path)
     with _tracking.step_run(parent_run_id, "finetune", params={"recovery.final_budget": recipe.recovery.final_budget}) as t:
-        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state)
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state,
+                                progress=True)  # the fine-tune's bar in the step's log
         current = run_stages(load_bundle(in_model.path), ctx, dense_model, until="done")
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict(),
                               metadata={"dataset": splits.describe(), "recipe_digest": recipe.digest()})

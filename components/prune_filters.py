@@ -34,7 +34,8 @@ def prune_filters(
     dense_model = load_bundle(dense.path)
     doc = _artifacts.read_json(profile.path)
     with _tracking.step_run(parent_run_id, "prune_filters") as t:
-        ctx = start_run(dense_model, splits, recipe, on_step=_artifacts.reporter(t), dense_val_acc=doc["dense"]["val_acc"])
+        ctx = start_run(dense_model, splits, recipe, on_step=_artifacts.reporter(t), progress=True,  # recovery bars
+                        dense_val_acc=doc["dense"]["val_acc"])
         current = run_stages(copy.deepcopy(dense_model), ctx, dense_model, FlowProfile.from_json(doc), until="layer")
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
         _artifacts.save_state(trajectory.path, ctx.state)

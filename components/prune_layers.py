@@ -39,7 +39,8 @@ def prune_layers(
             return
         splits = load_splits(data.path)
         dense_model = load_bundle(dense.path)
-        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state)
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state,
+                                progress=True)  # recovery bars in the step's log
         current = run_stages(load_bundle(in_model.path), ctx, dense_model, until="finetune")
         _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
         _artifacts.save_state(trajectory.path, ctx.state)

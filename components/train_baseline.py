@@ -36,8 +36,9 @@ def train_baseline(
             _artifacts.check_fits(model, splits, base_model_uri)
             figures = evaluate_model(model, splits)
         else:
+            # the bar's lines go to the step's log; the console shows them as one live line on a terminal
             model, figures = train_dense(model_name, splits, epochs=epochs, seed=recipe.seed, device=recipe.device,
-                                         progress=False)
+                                         progress=True)
         source = base_model_uri or f"{model_name} trained by the pipeline ({epochs:g} epochs, seed {recipe.seed})"
         _artifacts.save_model(model, dense, splits, recipe={"train_epochs": epochs},
                               metadata={"metrics": figures, "source": source})

@@ -28,12 +28,14 @@ import re
 import sys
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 from components import _mlflow, _promotion, _registry, _sources, _storage, _tracking
 from components._artifacts import effective_recipe, recipe_param
 from components._settings import SettingsError, load_settings
 from idap import cli as idap_cli
+from idap.cli import log
 from idap.config import Recipe
 from idap.report import summary_lines
 from pipelines import kfp_client
@@ -50,10 +52,6 @@ class PipelineError(ValueError):
 
 EDGE_ERRORS = (*idap_cli.USER_ERRORS, SettingsError, PipelineError, kfp_client.CronError, kfp_client.KfpError,
                _mlflow.TrackingError, _sources.SourceError)
-
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 # ---- pipelines and their parameters ------------------------------------------------------------
@@ -105,8 +103,21 @@ def pipeline_arguments(pipeline, params: list[str], recipe_file: str | None) -> 
     if "recipe_json" in spec:  # fail here, not three steps into a run, on a bad recipe or override
         values = {k: arguments.get(k, spec[k][1]) for k in spec}
         overrides = {k: values[k] for k in RECIPE_OVERRIDES if values.get(k) is not None}
-        effective_recipe(values["recipe_json"] or "", **overrides)
+        recipe = effective_recipe(values["recipe_json"] or "", **overrides)
+        if "search_space" in spec:
+            check_search_space(values, recipe)
     return arguments
+
+
+def check_search_space(values: dict, recipe: Recipe) -> None:
+    """The tune pipeline's search space against its recipe, as its search step will read them (``idap tune``
+    checks the same way): a bad space fails before any step, MLflow run or Ray starts."""
+    from components._search_space import SearchSpace
+
+    space = SearchSpace.load(values.get("search_space") or "").with_settings(
+        objective=values.get("objective") or None, reduction=values.get("reduction") or None,
+        num_samples=values.get("num_samples") or None)
+    space.validate(recipe)
 
 
 # ---- pipeline commands -------------------------------------------------------------------------
@@ -146,6 +157,8 @@ def run_local(name: str, arguments: dict, *, log_path: Path | None = None, verbo
     # the steps are subprocesses: they must find the same work directory and tracking store
     os.environ["IDAP_WORKDIR"] = str(settings.workdir)
     os.environ["MLFLOW_TRACKING_URI"] = settings.tracking_uri
+    # the long steps' tqdm bars reach the log through a pipe, one line per redraw: at most one a second
+    os.environ.setdefault("TQDM_MININTERVAL", "1")
     root = settings.workdir / "kfp"
     started = time.perf_counter()
     console = contextlib.nullcontext()
@@ -257,12 +270,13 @@ def cmd_compress(args: argparse.Namespace) -> int:
         raise PipelineError("--register needs tracking: drop --no-track")
     _promotion.check_rule_args(args.promote_objective, args.promote_tolerance_pp)  # before hours of compression
     _quiet_loggers(args.verbose)
-    if args.model_dir and _storage.is_s3(args.model_dir):
-        args.model_dir = str(_storage.resolve_input(args.model_dir, settings.workdir))
-    if _storage.is_s3(args.dataset):
-        args.dataset = str(_storage.resolve_input(args.dataset, settings.workdir))
+    opts = idap_cli.CompressOptions.from_args(args)
+    if opts.model_dir and _storage.is_s3(opts.model_dir):  # the run reads local copies; params keep the URIs
+        opts = replace(opts, model_dir=str(_storage.resolve_input(opts.model_dir, settings.workdir)))
+    if _storage.is_s3(opts.dataset):
+        opts = replace(opts, dataset=str(_storage.resolve_input(opts.dataset, settings.workdir)))
     if args.no_track:
-        out, report, _ = idap_cli.run_compress(args)
+        out, report, _ = idap_cli.run_compress(opts)
         log("\n".join(summary_lines(report)))
         print(json.dumps({"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"]}))
         return 0
@@ -270,7 +284,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     params = {"model": args.model_dir or args.model, "dataset": args.dataset, "out": args.out}
     registration = None
     with _tracking.step_run(None, "compress", params=params) as tracker:
-        out, report, result = idap_cli.run_compress(args, on_step=tracker.on_step)
+        out, report, result = idap_cli.run_compress(opts, on_step=tracker.on_step)
         tracker.log_recipe(result.recipe)
         tracker.log_dataset(report["dataset"])
         tracker.log_report(report, out)  # metrics, verdict tags, report files under report/
@@ -281,7 +295,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
             base = args.model_dir or f"{args.model} trained by idap compress ({args.train_epochs:g} epochs, " \
                                      f"seed {result.recipe.seed})"
             registration = _registry.register_and_promote(
-                parent_run_id=tracker.run_id, model_dir=out / "model", dense_dir=args.model_dir or out / "dense",
+                parent_run_id=tracker.run_id, model_dir=out / "model", dense_dir=opts.model_dir or out / "dense",
                 report=report, recipe=result.recipe, dataset=report["dataset"], registered_name=args.register,
                 base_model=base, objective=args.promote_objective, tolerance_pp=args.promote_tolerance_pp)
             tracker.set_tags({"idap.registered_model": registration["name"],
@@ -371,9 +385,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     dataset = sources["dataset"]
     if _storage.is_s3(dataset):
         dataset = str(_storage.resolve_input(dataset, settings.workdir))
-    data = idap_cli.load_data_for(argparse.Namespace(dataset=dataset, data_root=sources["data_root"],
-                                                     train_limit=sources["train_limit"],
-                                                     test_limit=sources["test_limit"]), base)
+    data = idap_cli.load_data(dataset, root=sources["data_root"], train_limit=sources["train_limit"],
+                              test_limit=sources["test_limit"], recipe=base)
     if sources.get("model_dir"):
         dense = load_bundle(_storage.resolve_input(sources["model_dir"], settings.workdir)
                             if _storage.is_s3(sources["model_dir"]) else sources["model_dir"])

@@ -8,8 +8,11 @@ line goes to the log file, and the console gets
 
 * one line per step when it ends: its index, name, status, seconds and what it did, taken from the
   step's own output (the trajectory lines ``[filter 3] prune ...``, ``dense baseline ...: val ...``);
-* on a terminal, a live status line for the running step, with a bar where its output shows progress
-  (a tqdm bar's ``n/total``, or trajectory steps of a stage with a known number of steps);
+* on a terminal, a live status line for the running step, redrawn in place (``\r``): its seconds, the
+  stage's trajectory steps out of the recipe's number (``step 2/5``), and a bar for the loop running now,
+  read from the tqdm lines the long steps write (``train``, ``recovery``, ``final fine-tune``: ``n/total``,
+  at most one a second, ``TQDM_MININTERVAL``). Not on a terminal (CI logs) nothing is drawn: the console
+  stays one line per step, and the bars' lines are in the log only;
 * on failure, the failing step's last lines and the path of the log.
 
 ``verbose`` passes every line to the console as well (the old behaviour); ``quiet`` drops the live line.
@@ -24,6 +27,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import logging
+import os
 import re
 import sys
 import threading
@@ -41,6 +45,8 @@ HEADLINES = re.compile(r"^\s*(data: |dense baseline |compressed: |registered |la
 # kfp and MLflow log through these; a quiet run keeps them out of the console (they still reach the log).
 NOISY_LOGGERS = ("kfp", "mlflow", "alembic", "urllib3", "botocore", "git")
 TAIL_LINES = 25
+BAR_WIDTH = 20
+LIVE_WIDTH = 150  # a live line longer than the terminal would wrap, and \r would not erase it
 KFP_INDENT = " " * 4  # kfp.local indents a step's output by four spaces
 
 
@@ -58,7 +64,8 @@ class StepConsole:
         self.index = 0
         self.step: str | None = None
         self.started = 0.0
-        self.progress: tuple[int, int] | None = None
+        self.progress: tuple[str, int, int] | None = None  # the running loop's tqdm bar: desc, n, total
+        self.stage_steps: tuple[int, int] | None = None  # trajectory steps so far / the recipe's number
         self.done: list[dict] = []
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._records: list[dict] = []
@@ -125,24 +132,27 @@ class StepConsole:
             return
         if self.step is None or not line.strip():
             return
+        if m := TQDM.search(line):  # a bar's redraw: the live line, never the failure tail
+            self.progress = ((m.group("desc") or "").strip(), int(m.group("n")), int(m.group("total")))
+            self._draw()
+            return
         self._tail.append(line.removeprefix(KFP_INDENT))
         if m := TRAJECTORY.match(line):
             self._records.append({"stage": m.group(1), "index": int(m.group(2)), "action": m.group(3),
                                   "params": int(m.group(4).replace(",", "")), "macs": int(m.group(5).replace(",", "")),
                                   "val_acc": float(m.group(6)), "rest": m.group(7).strip()})
             expected = self.stages.get(self.step)
+            done = sum(1 for r in self._records if r["stage"] != "dense")
             if expected:
-                self.progress = (min(len(self._records), expected), expected)
-            self._draw()
-        elif m := TQDM.search(line):
-            self.progress = (int(m.group("n")), int(m.group("total")))
+                self.stage_steps = (min(done, expected), expected)
+            self.progress = None  # that step's recovery has ended
             self._draw()
         elif HEADLINES.match(line):
             self._headline = line.strip()
 
     def _start(self, name: str) -> None:
         self.index += 1
-        self.step, self.started, self.progress = name, time.monotonic(), None
+        self.step, self.started, self.progress, self.stage_steps = name, time.monotonic(), None, None
         self._tail.clear()
         self._records, self._headline = [], ""
         self._draw()
@@ -173,18 +183,29 @@ class StepConsole:
     def _draw(self) -> None:
         if not self.live or self.step is None:
             return
-        elapsed = time.monotonic() - self.started
-        bar = ""
-        if self.progress:
-            n, total = self.progress
-            filled = int(20 * n / max(1, total))
-            bar = f" |{'#' * filled}{'.' * (20 - filled)}| {n}/{total}"
-        last = self._records[-1] if self._records else None
-        detail = f"  val {last['val_acc']:.2f}% MACs {last['macs']:,}" if last else ""
-        text = f"{self._counter()} {self.step:<17} running {elapsed:5.0f}s{bar}{detail}"
-        self.out.write("\r\x1b[K" + text[:150])
+        self.out.write("\r\x1b[K" + self.live_line())
         self.out.flush()
         self._drawn = True
+
+    def live_line(self) -> str:
+        """The running step's status as the terminal shows it (no control characters)."""
+        elapsed = time.monotonic() - self.started
+        parts = [f"{self._counter()} {self.step:<17} running {elapsed:5.0f}s"]
+        if self.stage_steps:
+            parts.append(f"step {self.stage_steps[0]}/{self.stage_steps[1]}")
+        if self.progress:
+            desc, n, total = self.progress
+            filled = int(BAR_WIDTH * min(n, total) / max(1, total))
+            parts.append(f"{desc + ' ' if desc else ''}|{'#' * filled}{'.' * (BAR_WIDTH - filled)}| {n}/{total}")
+        last = next((r for r in reversed(self._records) if r["action"] != "dense"), None)
+        if last:
+            parts.append(f"val {last['val_acc']:.2f}% MACs {last['macs']:,}")
+        return "  ".join(parts)[:self._width()]
+
+    def _width(self) -> int:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return min(LIVE_WIDTH, os.get_terminal_size(self.out.fileno()).columns - 1)
+        return LIVE_WIDTH
 
     def _clear_live(self) -> None:
         if self.live and getattr(self, "_drawn", False):

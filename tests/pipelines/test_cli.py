@@ -118,6 +118,31 @@ def test_quiet_and_verbose_exclude_each_other(work):
     assert exc.value.code == 2
 
 
+# ---- the tune pipeline's search space, checked before anything runs -------------------------------
+@pytest.mark.parametrize("params, message", [
+    (['search_space={"space": {"filter.p00": {"uniform": [0.02, 0.2]}}}'], "search space: filter.p00: unknown recipe field"),
+    (['search_space={"space": {"seed": {"randint": [0, 3]}}}'], "search space: seed cannot be searched"),
+    (['search_space={"space": {"filter.p0": {"uniform": [0.1, 0.2]}}}'],
+     "filter.p0: the base recipe's value 0.05 lies outside uniform [0.1, 0.2]"),
+    (['search_space={"space": {"filter.steps": {"uniform": [5, 9]}}}'], "filter.steps: uniform draws real numbers"),
+    (["objective=best"], "objective must be one of ['constrained', 'multi'], got 'best'"),
+    (["search_space=missing.yaml"], "search space file missing.yaml does not exist"),
+])
+def test_run_tune_refuses_a_bad_search_space_before_anything_starts(work, capsys, params, message):
+    argv = ["pipeline", "run", "tune", "--recipe", "recipes/demo.yaml"]
+    assert main([*argv, *(a for p in params for a in ("--param", p))]) == 2
+    assert message in one_error_line(capsys)
+    assert not (work / "work").exists()  # no kfp run, no MLflow store (run_local creates the work dir first)
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+
+
+def test_the_demo_recipe_fits_the_default_search_space():
+    """README: ``idap pipeline run tune --recipe recipes/demo.yaml`` searches around the demo recipe."""
+    arguments = pipeline_arguments(load_pipeline("tune"), [], "recipes/demo.yaml")
+    assert json.loads(arguments["recipe_json"])["layer"]["enabled"] is True
+
+
 # ---- idap compress with tracking ----------------------------------------------------------------
 def test_compress_is_tracked_in_mlflow(work, capsys):
     out_dir = work / "out"
@@ -151,6 +176,22 @@ def test_compress_register_promotes_like_the_pipeline(work, capsys):
     assert "Decision: **champion**" in mv.description
     run = client.get_run(first["mlflow_run_id"])
     assert run.data.tags["idap.registered_version"] == "1" and run.data.tags["idap.promotion"] == "champion"
+
+
+def test_compress_options_are_the_command_line_s():
+    from pathlib import Path
+
+    from idap.cli import CompressOptions, build_parser
+
+    args = build_parser().parse_args(["compress", "--model", "cnn_small", "--dataset", "digits", "--out", "o",
+                                      "--no-onnx", "--quiet", "--set", "filter.steps=2", "--train-epochs", "1"])
+    opts = CompressOptions.from_args(args)
+    assert (opts.model, opts.model_dir, opts.dataset, opts.out, opts.train_epochs) == ("cnn_small", None, "digits",
+                                                                                      Path("o"), 1)
+    assert not opts.onnx and opts.latency and not opts.progress and not opts.resume
+    assert opts.recipe.filter.steps == 2
+    with pytest.raises(ValueError, match="needs a dense model"):
+        CompressOptions(dataset="digits", out=Path("o"))
 
 
 def test_compress_register_needs_tracking_and_a_valid_objective(work, capsys):

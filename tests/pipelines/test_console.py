@@ -81,3 +81,95 @@ def test_describe_a_layer_stage():
                {"stage": "layer", "index": 1, "action": "revert_block", "params": 1, "macs": 9, "val_acc": 80.0,
                 "rest": "layer3.0 essential"}]
     assert describe("prune-layers", records, "") == "removed 1 block(s) (layer2.1), 1 kept as essential; MACs 9, val 86.00%"
+
+
+# ---- progress of the long steps: a live line on a terminal, nothing extra elsewhere ----------------
+# A training step as kfp.local passes it on: tqdm's redraws arrive as lines (the pipe is read with universal
+# newlines, so every "\r" ends one), then the trajectory lines of a stage.
+PROGRESS_OUTPUT = """\
+09:30:00.000 - INFO - Executing task \x1b[96m'train-baseline'\x1b[0m
+    train:   0%|          | 0/125 [00:00<?, ?it/s]
+    train:  40%|####      | 50/125 [00:10<00:15,  5.00it/s, epoch=0.80, loss=0.612]
+    train: 100%|##########| 125/125 [00:25<00:00,  5.00it/s, epoch=1.98, loss=0.402]
+    dense baseline (resnet_tiny trained by the pipeline (2 epochs, seed 0)): val 84.10% test 83.90%
+09:30:30.000 - INFO - Task \x1b[96m'train-baseline'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+09:30:30.100 - INFO - Executing task \x1b[96m'prune-filters'\x1b[0m
+    [dense 0] dense        params=239,610 MACs=16,571,264 val=84.10%   (0.1s)
+    recovery:  45%|####5     | 9/20 [00:02<00:02,  4.50it/s, loss=0.301]
+    [filter 0] prune        params=200,000 MACs=15,000,000 val=83.90% 40 channels  (5.1s)
+    recovery:  50%|#####     | 10/20 [00:02<00:02,  4.50it/s, loss=0.280]
+09:30:40.000 - INFO - Task \x1b[96m'prune-filters'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+"""
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def visible(screen: str) -> list[str]:
+    """What a terminal shows at the end: each "\\r\\x1b[K" erases the line drawn so far."""
+    return [line.rsplit("\r\x1b[K", 1)[-1] for line in screen.split("\n") if line.rsplit("\r\x1b[K", 1)[-1]]
+
+
+def test_a_terminal_gets_a_live_bar_that_leaves_one_line_per_step(tmp_path):
+    screen = Terminal()
+    live = []
+    with StepConsole(tmp_path / "run.log", total_steps=8, stages={"prune-filters": 5}, out=screen) as console:
+        for line in PROGRESS_OUTPUT.splitlines(keepends=True):
+            sys.stdout.write(line)
+            if console.step:
+                live.append(console.live_line())
+    drawn = screen.getvalue()
+    assert "\r\x1b[K[1/8] train-baseline    running" in drawn
+    assert "train |########............| 50/125" in drawn and "| 125/125" in drawn
+    assert any("step 1/5  recovery |##########..........| 10/20  val 83.90% MACs 15,000,000" in x for x in live), live
+    shown = visible(drawn)
+    assert len(shown) == 2, shown  # the live line is erased before each step's own line
+    assert shown[0].startswith("[1/8] train-baseline    ok") and "val 84.10% test 83.90%" in shown[0]
+    assert shown[1].startswith("[2/8] prune-filters") and "1 pruning step(s)" in shown[1]
+    log = (tmp_path / "run.log").read_text()
+    assert "    train:  40%|####      | 50/125" in log  # every redraw stays in the log
+
+
+def test_not_a_terminal_the_bars_add_nothing_to_the_console(tmp_path):
+    screen, log, console = run_console(tmp_path, PROGRESS_OUTPUT)
+    assert len(screen.splitlines()) == 2 and "\r" not in screen and "125/125" not in screen
+    assert "125/125" in log
+
+
+def test_quiet_draws_no_live_line_even_on_a_terminal(tmp_path):
+    screen = Terminal()
+    with StepConsole(tmp_path / "run.log", out=screen, quiet=True):
+        sys.stdout.write(PROGRESS_OUTPUT)
+    assert "\r" not in screen.getvalue() and len(screen.getvalue().splitlines()) == 2
+
+
+def test_a_failing_steps_tail_leaves_out_its_bars(tmp_path):
+    failing = PROGRESS_OUTPUT.replace("Task \x1b[96m'train-baseline'\x1b[0m finished with status \x1b[92mSUCCESS",
+                                      "Task \x1b[96m'train-baseline'\x1b[0m finished with status \x1b[91mFAILURE")
+    screen, _, console = run_console(tmp_path, failing)
+    assert "    | dense baseline (resnet_tiny" in screen and "it/s" not in screen
+    assert console.done[0]["status"] == "FAILURE"
+
+
+def test_real_tqdm_through_kfps_subprocess_reader(tmp_path, monkeypatch):
+    """A real bar in a child process, read by kfp.local's own step reader, shown by the console."""
+    from kfp.local.subprocess_task_handler import run_local_subprocess
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # every redraw (the pipeline's run sets 1 s)
+    child = ("import time\nfrom tqdm.auto import tqdm\n"
+             "for _ in tqdm(range(30), desc='final fine-tune', dynamic_ncols=True):\n    time.sleep(0.002)\n"
+             "print('[finetune 0] finetune     params=9 MACs=99 val=80.00%  30 steps (0.1s)', flush=True)\n")
+    screen = Terminal()
+    with StepConsole(tmp_path / "run.log", total_steps=1, out=screen) as console:
+        print("10:00:00.000 - INFO - Executing task 'finetune'")
+        assert run_local_subprocess([sys.executable, "-c", child]) == 0
+        seen = console.progress
+        print("10:00:01.000 - INFO - Task 'finetune' finished with status SUCCESS")
+    assert seen is None  # the trajectory line after the bar ends it
+    drawn = screen.getvalue()
+    assert "final fine-tune |####################| 30/30" in drawn and "final fine-tune |" in drawn
+    assert visible(drawn) == [visible(drawn)[0]] and visible(drawn)[0].startswith("[1/1] finetune          ok")
+    assert "MACs 99, params 9, val 80.00%" in visible(drawn)[0]
+    assert (tmp_path / "run.log").read_text().count("final fine-tune:") >= 10  # redraws became lines

@@ -15,7 +15,7 @@ import yaml
 from components._artifacts import read_json
 from idap.baseline import train_dense
 from idap.bundle import load_bundle
-from idap.cli import build_parser, run_compress
+from idap.cli import CompressOptions, build_parser, run_compress
 from idap.data import load_splits
 
 pytestmark = pytest.mark.slow
@@ -92,7 +92,7 @@ def test_same_answer_as_idap_compress_in_one_process(run, tmp_path):
         args = build_parser().parse_args([
             "compress", "--model-dir", str(run["dense"]), "--dataset", "digits", "--recipe",
             str(run["root"] / "recipe.yaml"), "--out", str(tmp_path / "direct"), "--no-latency", "--no-onnx", "--quiet"])
-        _, direct, _ = run_compress(args)
+        _, direct, _ = run_compress(CompressOptions.from_args(args))
         splits = load_splits(run["data"])
         a, b = load_bundle(run["model"]), load_bundle(tmp_path / "direct" / "model")
         with torch.no_grad():
