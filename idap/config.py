@@ -82,9 +82,23 @@ class FilterStageConfig:
     # and compressed nothing. Sizing steps in MACs fixed that and lost on the ResNets
     # (benchmarks/results/experiments/), so the spec's ranking stays the default: opt in for ResNet-like nets.
     ranking: str = "score"
+    # Kept channel counts are rounded to a multiple of this (nearest, never below the floor); 1 = the spec
+    # (no rounding). 8 is the default: ONNX Runtime's NCHWc layout (the fast conv path on AVX2 CPUs) needs
+    # widths that are multiples of 8, and a width that is not falls back to plain convs with reorders
+    # around them -- depthwise convs with odd groups run one group at a time. Measured (benchmarks/onnx_widths.py,
+    # results/onnx-widths.md, 1 thread, batch 1): MobileNetV2 pruned to ~63 % widths ran 2x SLOWER than
+    # dense in ONNX Runtime with odd widths and 2x faster rounded to 8. Use 16 on AVX-512 machines.
+    round_to: int = 8
+    # Halvings of the step size a rollback may spend before stage 1 ends (NNCF's adaptive compression level):
+    # a step that breaks the budget is retried at half the size, which later steps keep. 0 = the spec (the
+    # first rollback ends stage 1).
+    rollback_retries: int = 0
 
     def __post_init__(self):
         _check_types(self, "filter.")
+        _check(isinstance(self.round_to, int) and 1 <= self.round_to <= 256, "filter.round_to", "an integer in [1, 256]", self.round_to)
+        _check(isinstance(self.rollback_retries, int) and 0 <= self.rollback_retries <= 20, "filter.rollback_retries",
+               "an integer in [0, 20]", self.rollback_retries)
         _one_of("filter.ranking", self.ranking, ("score", "score_per_mac"))
         from idap.importance import list_importances  # the registry, so a registered criterion is valid here
 

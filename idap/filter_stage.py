@@ -2,8 +2,10 @@
 
 Each step scores every dependency group, ranks all channels globally, removes the k_t lowest (per-layer
 floors respected, capped so a target is not overshot), recovers, and evaluates on the validation
-split. A step that breaks the accuracy budget is rolled back and ends the stage: the result is the
-last model within budget.
+split. A step that breaks the accuracy budget is rolled back; with ``filter.rollback_retries`` > 0 the step
+is retried at half the size (the halved size is kept for later steps) until that many halvings are spent,
+and the next rollback ends the stage (0 = the spec: the first rollback ends it). The result is the last
+model within budget.
 """
 
 from __future__ import annotations
@@ -31,16 +33,53 @@ from idap.surgery import (
 )
 
 
+class _ChannelPlan:
+    """A step's channel removals in global rank order, and how to round a prefix of them to ``round_to``."""
+
+    def __init__(self, picks, ranked, widths, floors, round_to):
+        self.picks = picks  # [(group root name, channel)], global rank order
+        self.ranked = ranked  # group name -> its channels, lowest score first
+        self.widths = widths  # group name -> current width
+        self.floors = floors  # group name -> channels the group must keep
+        self.round_to = round_to
+
+    def rounded(self, picks):
+        """``picks`` with each group's kept width rounded to a multiple of ``round_to`` (nearest; a tie keeps
+        more; never below the group's floor). When every group rounds to no removal, the group with the most
+        picks rounds down instead, so a non-empty step stays non-empty."""
+        if self.round_to <= 1 or not picks:
+            return list(picks)
+        counts: dict[str, int] = {}
+        for name, _ in picks:
+            counts[name] = counts.get(name, 0) + 1
+        q = self.round_to
+        out = {}
+        for name, n in counts.items():
+            width, floor = self.widths[name], self.floors[name]
+            kept = width - n
+            down, up = (kept // q) * q, -(-kept // q) * q
+            best = down if kept - down < up - kept and down >= floor else up
+            out[name] = max(0, width - min(best, width))
+        if not any(out.values()):
+            name = max(counts, key=lambda k: (counts[k], k))
+            down = ((self.widths[name] - counts[name]) // q) * q
+            if down >= self.floors[name] and down > 0:
+                out[name] = self.widths[name] - down
+        return [(name, c) for name, n in out.items() for c in self.ranked[name][:n]]
+
+
 def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int],
-                   blocked: dict[str, str]):
-    """Channels to remove this step, in rank order: a list of (group root name, channel index)."""
+                   blocked: dict[str, str], scale: float = 1.0) -> _ChannelPlan:
+    """Channels to remove this step, in rank order (``scale`` shrinks the step: a retry after a rollback)."""
     cfg = ctx.recipe.filter
     groups = [g for g in channel_groups(model, dependency_graph(model, ctx.input_shape)) if g.name not in blocked]
     per_layer = layer_macs(model, ctx.input_shape) if cfg.ranking == "score_per_mac" else None
     scores, owners, caps, prunable = [], [], {}, 0
+    ranked, widths, floors = {}, {}, {}
     for g in groups:
         original.setdefault(g.name, g.channels)
-        removable = g.channels - channel_floor(original[g.name], cfg.min_channels, cfg.min_fraction)
+        floor = channel_floor(original[g.name], cfg.min_channels, cfg.min_fraction)
+        removable = g.channels - floor
         if removable <= 0:
             continue
         s = imp(g)
@@ -53,22 +92,26 @@ def _plan_channels(model: nn.Module, ctx: RunContext, imp: Importance, t: int, o
             s = s / max(g.macs_per_channel(per_layer), 1e-12)
         scores.append(s)
         owners.extend((g.name, c) for c in range(g.channels))
+        ranked[g.name] = torch.argsort(s, stable=True).tolist()
+        widths[g.name], floors[g.name] = g.channels, floor
+    plan = _ChannelPlan([], ranked, widths, floors, cfg.round_to)
     if not scores:
-        return []
-    k = channels_to_remove(t, cfg.steps, cfg.p0, cfg.alpha, prunable)
+        return plan
+    k = math.floor(scale * channels_to_remove(t, cfg.steps, cfg.p0, cfg.alpha, prunable))
     order = torch.argsort(torch.cat(scores), stable=True).tolist()
-    picks, taken = [], dict.fromkeys(caps, 0)
+    taken = dict.fromkeys(caps, 0)
     for i in order:
-        if len(picks) >= k:
+        if len(plan.picks) >= k:
             break
         name, channel = owners[i]
         if taken[name] < caps[name]:
             taken[name] += 1
-            picks.append((name, channel))
-    return picks
+            plan.picks.append((name, channel))
+    return plan
 
 
-def _plan_heads(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int]):
+def _plan_heads(model: nn.Module, ctx: RunContext, imp: Importance, t: int, original: dict[str, int],
+                scale: float = 1.0):
     cfg = ctx.recipe.filter
     attention = attention_modules(model)
     if not cfg.prune_heads or not attention:
@@ -83,7 +126,7 @@ def _plan_heads(model: nn.Module, ctx: RunContext, imp: Importance, t: int, orig
         caps[name] = removable
         prunable += m.num_heads
         entries.extend((float(s), name, h) for h, s in enumerate(head_scores[name]))
-    k = math.floor(prune_fraction(t, cfg.steps, cfg.p0, cfg.alpha) * prunable)
+    k = math.floor(scale * prune_fraction(t, cfg.steps, cfg.p0, cfg.alpha) * prunable)
     picks, taken = [], dict.fromkeys(caps, 0)
     for _, name, h in sorted(entries, key=lambda e: e[0]):
         if len(picks) >= k:
@@ -106,23 +149,27 @@ def _apply(model: nn.Module, ctx: RunContext, channel_picks, head_picks) -> dict
     return {"channels": {k: len(v) for k, v in channels.items()}, "heads": {k: len(v) for k, v in heads.items()}}
 
 
-def _capped(model: nn.Module, ctx: RunContext, channel_picks, head_picks, macs_target: float | None):
-    """The shortest prefix of the ranked picks that reaches the target (binary search), or all of them."""
+def _capped(model: nn.Module, ctx: RunContext, plan: _ChannelPlan, head_picks, macs_target: float | None):
+    """The shortest prefix of the ranked picks that reaches the target (binary search), or all of them; the
+    channel picks rounded to ``filter.round_to`` (a prefix is judged after rounding, which is monotone)."""
+    channel_picks = plan.rounded(plan.picks)
     if macs_target is None and ctx.recipe.target_macs_reduction is None and ctx.recipe.target_params_reduction is None:
         return channel_picks, head_picks
     if not ctx.target_reached(_pruned_copy(model, ctx, channel_picks, head_picks), macs_target):
         return channel_picks, head_picks
-    picks = [("c", p) for p in channel_picks] + [("h", p) for p in head_picks]
+    picks = [("c", p) for p in plan.picks] + [("h", p) for p in head_picks]
+
+    def split(n):
+        return plan.rounded([p for kind, p in picks[:n] if kind == "c"]), [p for kind, p in picks[:n] if kind == "h"]
+
     lo, hi = 1, len(picks)
     while lo < hi:
         mid = (lo + hi) // 2
-        c = [p for kind, p in picks[:mid] if kind == "c"]
-        h = [p for kind, p in picks[:mid] if kind == "h"]
-        if ctx.target_reached(_pruned_copy(model, ctx, c, h), macs_target):
+        if ctx.target_reached(_pruned_copy(model, ctx, *split(mid)), macs_target):
             hi = mid
         else:
             lo = mid + 1
-    return [p for kind, p in picks[:lo] if kind == "c"], [p for kind, p in picks[:lo] if kind == "h"]
+    return split(lo)
 
 
 def _probe(model: nn.Module, ctx: RunContext) -> None:
@@ -200,6 +247,8 @@ def run_filter_stage(
     model.to(ctx.device)
     blocked: dict[str, str] = {}  # groups whose channels some code the dependency graph cannot see uses
     t = start
+    # halvings of the step size so far (filter.rollback_retries); a resumed run continues with its own
+    halvings = ctx.state.position.get("halvings", 0) if start and ctx.state.stage == stage else 0
     while t < cfg.steps:
         started = time.perf_counter()
         if ctx.target_reached(model, macs_target):
@@ -207,21 +256,29 @@ def run_filter_stage(
             break
         imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + seed_offset + t,
                                           device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))
-        channel_picks = _plan_channels(model, ctx, imp, t, original, blocked)
-        head_picks = _plan_heads(model, ctx, imp, t, original)
-        if not channel_picks and not head_picks:
+        scale = 0.5 ** halvings
+        plan = _plan_channels(model, ctx, imp, t, original, blocked, scale)
+        head_picks = _plan_heads(model, ctx, imp, t, original, scale)
+        if not plan.picks and not head_picks:
             if isinstance(imp, FlowImportance):
                 imp.consume()
-            _stop(ctx, model, t, started, f"{note}nothing left to prune above the per-layer floors")
+            _stop(ctx, model, t, started, note + (f"the step halved {halvings} times removes nothing" if halvings
+                                                  else "nothing left to prune above the per-layer floors"))
             break
         snapshot = copy.deepcopy(model)
         try:
-            channel_picks, head_picks = _capped(model, ctx, channel_picks, head_picks, macs_target)
+            channel_picks, head_picks = _capped(model, ctx, plan, head_picks, macs_target)
+            if not channel_picks and not head_picks:  # every group is within round_to of its floor
+                if isinstance(imp, FlowImportance):
+                    imp.consume()
+                _stop(ctx, model, t, started, f"{note}nothing left to prune above the per-layer floors "
+                                              f"in multiples of filter.round_to={cfg.round_to}")
+                break
             removed = _apply(model, ctx, channel_picks, head_picks)
             _probe(model, ctx)
         except Exception as error:  # the model's own code fails on the narrower tensors
             model = snapshot
-            blocked.update(_unfollowable(model, ctx, {n for n, _ in channel_picks}, error))
+            blocked.update(_unfollowable(model, ctx, {n for n, _ in plan.picks}, error))
             continue  # plan this step again without those groups (the scores are still prepared)
         if isinstance(imp, FlowImportance):
             imp.consume()
@@ -230,14 +287,18 @@ def run_filter_stage(
         acc = ctx.evaluate(model)
         drop = ctx.drop(acc)
         rolled_back = not within_budget(drop, r.stage_budget)
+        retry = rolled_back and halvings < cfg.rollback_retries
         ctx.record(model, "filter", t, "rollback" if rolled_back else "prune", val_acc=acc, started=started,
                    accepted=not rolled_back, removed=removed, recovery_steps=given,
                    note=note + (f"accuracy drop {drop:.2f} pp > budget {r.stage_budget} pp: step rolled back"
-                                if rolled_back else ""))
+                                + (", retried with half the step" if retry else "") if rolled_back else ""))
         if rolled_back:
             model = snapshot
-            break
-        ctx.state.advance(stage, t=t + 1)
+            if not retry:
+                break
+            halvings += 1  # NNCF-style: the smaller step size is kept for the steps that follow
+            continue
+        ctx.state.advance(stage, t=t + 1, **({"halvings": halvings} if halvings else {}))
         ctx.save_point(model)
         t += 1
     return model, ctx.state.trajectory[first:]
