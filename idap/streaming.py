@@ -14,6 +14,7 @@ pipeline steps they travel as a reference (``idap.stream_reference``, through ``
 Small datasets are usually faster as tensors: ``StreamedSplits.to_memory()`` converts.
 
 Example:
+    >>> from idap.image_folder import open_image_folder
     >>> data = open_image_folder("photos/", resolution=64, seed=0)          # doctest: +SKIP
     >>> for x, y in data.train_x.batches(32, shuffle=True, seed=0, augment=True):  # doctest: +SKIP
     ...     break

@@ -132,6 +132,30 @@ def test_load_splits_rejects_missing_and_mismatched_files(tmp_path):
         load_splits(tmp_path)
 
 
+def test_one_directory_switches_between_tensors_and_a_reference(tmp_path):
+    """save_splits is the one way for both kinds: a directory reused for the other kind keeps no stale file."""
+    from idap.image_folder import open_image_folder
+    from idap.streaming import StreamedSplits
+    from tests.idap.test_streaming import make_folder
+
+    streamed = open_image_folder(make_folder(tmp_path / "f", per_class=6), calibration_size=2, validation_size=2,
+                                 workers=0)
+    save_splits(streamed, tmp_path / "d")
+    assert isinstance(load_splits(tmp_path / "d"), StreamedSplits)
+    save_splits(digits(), tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["splits.json", "splits.safetensors"]
+    assert isinstance(load_splits(tmp_path / "d"), DataSplits)
+    save_splits(streamed, tmp_path / "d")
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["splits.json", "stream.json"]
+    meta = json.loads((tmp_path / "d" / "splits.json").read_text())
+    (tmp_path / "d" / "splits.json").write_text(json.dumps({**meta, "content_hash": "0" * 64}))
+    with pytest.raises(DataError, match="different datasets"):
+        load_splits(tmp_path / "d")
+    (tmp_path / "d" / "stream.json").write_text("{}")
+    with pytest.raises(DataError, match="not an idap.streamed-splits v1 reference"):
+        load_splits(tmp_path / "d")
+
+
 @pytest.mark.parametrize("layout", ["nhw", "nhwc", "nchw"])
 def test_npz_layouts_and_carved_test_split(tmp_path, layout):
     x = np.random.default_rng(0).integers(0, 256, size=(50, 6, 6, 3), dtype=np.uint8)
