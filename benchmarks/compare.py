@@ -45,7 +45,8 @@ from idap.data import DataSplits, load_dataset
 from idap.metrics import accuracy, cpu_name, resolve_device
 from idap.models import create_model
 from idap.recovery import recover, train
-from idap.report import evaluate_model, measure_speed
+from idap.report import evaluate_model
+from idap.speed import measure_speed
 from idap.state import LANDING_TOLERANCE, SEED_FINAL, StepRecord
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from idap.cli import print_step
 from idap.config import ConfigError, Recipe
 from idap.data import DataSplits, sample_shape
 from idap.data import input_spec as data_input_spec
-from idap.report import write_plots
+from idap.report_files import write_plots
 from idap.state import RunState, StepRecord
 
 # Pipeline parameters below zero mean "keep the recipe's value" (a pipeline cannot express "unset").

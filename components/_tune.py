@@ -577,7 +577,7 @@ def _unique(items: list[dict]) -> list[dict]:
 def _measure(trials: list[dict], data, dense, latency: bool, filesystem=None) -> None:
     """Test accuracy (once) and batch-1 latency of each candidate, one model at a time after the search."""
     from idap.metrics import accuracy
-    from idap.report import measure_speed
+    from idap.speed import measure_speed
 
     shape = (data.in_channels, data.image_size, data.image_size)
     dense_speed = None

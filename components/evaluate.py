@@ -29,7 +29,8 @@ def evaluate(
     from components import _artifacts, _summaries, _tracking
     from idap.bundle import load_bundle
     from idap.data import load_splits
-    from idap.report import compression_report, write_report
+    from idap.report import compression_report
+    from idap.report_files import write_report
 
     recipe = _artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)

@@ -27,7 +27,8 @@ from idap.config import ConfigError, Recipe
 from idap.data import DataError, fetch_dataset, input_spec, list_datasets, load_dataset, sample_shape
 from idap.metrics import resolve_device
 from idap.models import TRUST_ENV, ModelError, list_models, trust_modules
-from idap.report import compression_report, evaluate_model, write_report
+from idap.report import compression_report, evaluate_model
+from idap.report_files import write_report
 from idap.state import StepRecord
 from idap.surgery import SurgeryError
 
@@ -303,7 +304,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     dev = resolve_device(args.device or "auto")
     result = evaluate_model(model, data, device=dev)
     if not args.no_latency:
-        from idap.report import measure_speed
+        from idap.speed import measure_speed
 
         result.update(measure_speed({"m": model.cpu()}, _shape(data))["m"])
     print(json.dumps(result, indent=2))

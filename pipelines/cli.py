@@ -37,7 +37,7 @@ from components._settings import SettingsError, load_settings
 from idap import cli as idap_cli
 from idap.cli import log
 from idap.config import Recipe
-from idap.report import summary_lines
+from idap.report_files import summary_lines
 from pipelines import kfp_client
 
 # Pipelines by name, imported on use so that a later one (a Ray Tune search) costs nothing until run.

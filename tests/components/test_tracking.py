@@ -32,7 +32,8 @@ from components._tracking import StepTracker
 from idap.bundle import BundleError, load_bundle, save_bundle
 from idap.config import FilterStageConfig, Recipe
 from idap.models import create_model
-from idap.report import build_report, write_report
+from idap.report import build_report
+from idap.report_files import write_report
 from idap.state import StepRecord
 
 REPO = Path(__file__).resolve().parents[2]

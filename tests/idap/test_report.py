@@ -7,7 +7,9 @@ import torch
 from idap.bundle import export_onnx
 from idap.config import Recipe
 from idap.models import create_model
-from idap.report import build_report, measure_speed, render_markdown, stopping_limits, summary_lines
+from idap.report import build_report, stopping_limits
+from idap.report_files import render_markdown, summary_lines
+from idap.speed import measure_speed
 
 DENSE = {"val_acc": 90.0, "test_acc": 89.0, "params": 20_000, "macs": 100_000, "latency_ms_b1": 1.0,
          "throughput_b64": 9000.0, "ort_latency_ms_b1": 0.2, "ort_throughput_b64": 40000.0, "device": "cpu",
