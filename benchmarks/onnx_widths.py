@@ -22,6 +22,7 @@ import argparse
 import collections
 import copy
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -160,7 +161,8 @@ def markdown(result: dict) -> str:
     out = ["# ONNX Runtime and pruned channel widths\n",
            f"Machine: {result['machine']}, 1 thread, onnxruntime {result['onnxruntime']}, torch {result['torch']}. "
            f"Filter stage to {result['target']}x fewer MACs (flow importance, no recovery), "
-           f"{result['rounds']} interleaved rounds, medians. ORT all = default level (NCHWc layout), "
+           f"{result['rounds']} interleaved rounds, medians; load average at the end "
+           f"{result.get('load_average', 'not recorded')} on this shared machine. ORT all = default level (NCHWc layout), "
            "extended = no layout change.\n",
            "| model | widths | MACs | odd-width convs | reorders | torch b1 ms | ORT b1 ms | ORT ext b1 ms | "
            "torch b64 ms | ORT b64 ms | ORT b1 speed-up vs dense |",
@@ -190,7 +192,8 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         rows = measure(a.models, a.target, a.rounds, a.repeats, Path(tmp))
-    result = {"machine": cpu_name(), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+    result = {"machine": cpu_name(), "load_average": [round(v, 2) for v in os.getloadavg()],
+              "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
               "target": a.target, "rounds": a.rounds, "rows": rows}
     a.out.mkdir(parents=True, exist_ok=True)
     (a.out / "results.json").write_text(json.dumps(result, indent=1))
