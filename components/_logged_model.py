@@ -50,8 +50,10 @@ def check_bundle(directory: Path) -> dict:
         std = np.asarray(spec["std"], dtype=np.float32).reshape(shape)
         example = np.ascontiguousarray((probe * std + mean) / float(spec.get("scale") or 1.0), dtype=np.float32)
     normalization = spec if spec.get("mean") is not None and spec.get("std") is not None else None
-    return {"input_shape": tuple(info["architecture"]["input_shape"]), "num_classes": int(expected.shape[1]),
-            "example": example, "expected": expected, "normalization": normalization}
+    if spec.get("tokens"):  # a text model is served token ids
+        example = example.astype(np.int64)
+    return {"input_shape": tuple(info["architecture"]["input_shape"]), "num_classes": int(expected.shape[-1]),
+            "example": example, "expected": expected, "normalization": normalization, "tokens": spec.get("tokens")}
 
 
 def log_bundle_model(run_id: str, bundle_dir: Path, name: str, checked: dict):
@@ -93,6 +95,9 @@ def log_bundle_model(run_id: str, bundle_dir: Path, name: str, checked: dict):
 def input_contract(checked: dict) -> str:
     """What the served model takes, in one line (model metadata and the version's ``idap.input`` tag)."""
     shape = ", ".join(map(str, checked["input_shape"]))
+    if checked.get("tokens"):
+        return (f"int64 token ids of the bundle's tokenizer (bundle/tokenizer/), shape (N, {shape}) or one sample "
+                f"({shape}), in [0, {checked['tokens']['vocab_size']}); output float32 logits")
     norm = checked.get("normalization")
     inside = (f"normalised inside with mean {norm['mean']} / std {norm['std']} (x scale {norm.get('scale') or 1:g})"
               if norm else "already normalised like the training data (the bundle records no statistics)")

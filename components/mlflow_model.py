@@ -26,6 +26,11 @@ sample without the batch axis. The model normalises inside with the statistics i
 (``architecture.json`` ``input``: ``(pixels * scale - mean) / std``); a bundle that records none takes
 already-normalised input. Output: float32 logits ``(N, num_classes)``. Bad input is answered with an
 MLflow ``INVALID_PARAMETER_VALUE`` (HTTP 400) that names the expected shape, not the whole input.
+
+A text model (its bundle records ``input`` ``tokens``: vocabulary size and padding id) takes **token ids**
+instead, as its own tokenizer (``bundle/tokenizer/``) writes them: integers in ``[0, vocab_size)``, shaped
+``(N, tokens)`` (padded with the padding id) or one sample ``(tokens,)``, any integer or integral float dtype.
+Output: its logits (an encoder classifier: ``(N, num_classes)``; a decoder LM: ``(N, tokens, vocab)``).
 """
 
 import mlflow
@@ -45,6 +50,7 @@ class IdapBundleModel(PythonModel):
         self.model = load_bundle(path, verify=True, map_location="cpu")
         spec = read_input_spec(path)
         self.input_shape = tuple(spec["shape"])
+        self.tokens = spec.get("tokens")  # a text model: token ids in, see _token_batch
         channels = self.input_shape[0]
         self.scale = float(spec.get("scale") or 1.0)
         self.mean = None if spec.get("mean") is None else torch.tensor(spec["mean"]).view(1, channels, 1, 1)
@@ -76,8 +82,34 @@ class IdapBundleModel(PythonModel):
             raise _bad_input("input holds NaN or Inf values")
         return np.ascontiguousarray(x)
 
+    def _token_batch(self, model_input) -> np.ndarray:
+        if isinstance(model_input, dict):
+            model_input = next(iter(model_input.values()))
+        if hasattr(model_input, "to_numpy"):
+            model_input = model_input.to_numpy()
+        try:
+            x = np.asarray(model_input, dtype=np.float64)
+        except (TypeError, ValueError) as error:
+            raise _bad_input(f"input must be integer token ids ({error})") from None
+        if x.ndim == 1:
+            x = x[None]
+        vocab = int(self.tokens["vocab_size"])
+        if x.ndim != 2 or x.shape[1] < 1:
+            raise _bad_input(f"expected token ids of shape (N, tokens) or one sample (tokens,) (the model was "
+                             f"compressed at {self.input_shape[0]} tokens), got an array of shape {tuple(x.shape)}")
+        if not np.isfinite(x).all() or (x != np.round(x)).any() or x.min() < 0 or x.max() >= vocab:
+            raise _bad_input(f"token ids must be integers in [0, {vocab}) (this model's vocabulary)")
+        return np.ascontiguousarray(x.astype(np.int64))
+
     def predict(self, context, model_input, params: dict | None = None) -> np.ndarray:
         torch = self._torch
+        if self.tokens:
+            ids = torch.from_numpy(self._token_batch(model_input))
+            try:
+                with torch.no_grad():
+                    return self.model(ids).numpy()
+            except ValueError as error:  # e.g. more tokens than the model has positions
+                raise _bad_input(str(error)) from None
         x = torch.from_numpy(self._batch(model_input))
         if self.mean is not None and self.std is not None:
             x = (x * self.scale - self.mean) / self.std

@@ -49,6 +49,7 @@ class TextSplits(DataSplits):
     pad_id: int = 0
     vocab_size: int = 0
     classes: tuple[str, ...] = ()
+    per_class_limit: int | None = None  # texts kept per class (a seeded choice), None: all
 
     @property
     def input_shape(self) -> tuple[int]:
@@ -57,7 +58,7 @@ class TextSplits(DataSplits):
     def describe(self) -> dict:
         doc = super().describe()
         doc.update({"kind": "text", "max_length": self.max_length, "classes": list(self.classes),
-                    "pad_id": self.pad_id, "vocab_size": self.vocab_size})
+                    "pad_id": self.pad_id, "vocab_size": self.vocab_size, "per_class_limit": self.per_class_limit})
         for key in ("in_channels", "image_size", "normalization"):
             doc.pop(key, None)
         return doc
@@ -191,7 +192,8 @@ def load_text_folder(root: str | os.PathLike, tokenizer, *, max_length: int = 12
     return TextSplits(name=name or Path(root).name, train_x=trx, train_y=tr_y, calib_x=cx, calib_y=cy, val_x=vx, val_y=vy,
                       test_x=tx, test_y=ty, num_classes=len(classes), in_channels=1, image_size=max_length,
                       content_hash=digest.hexdigest(), seed=seed, max_length=max_length, pad_id=pad,
-                      vocab_size=vocab_size or tokenizer.get_vocab_size(with_added_tokens=True), classes=tuple(classes))
+                      vocab_size=vocab_size or tokenizer.get_vocab_size(with_added_tokens=True), classes=tuple(classes),
+                      per_class_limit=per_class_limit)
 
 
 def load_text_file(path: str | os.PathLike, tokenizer, *, block_size: int = 128, max_tokens: int | None = None,
@@ -300,4 +302,4 @@ def text_splits_from(meta: dict, fields: dict[str, Tensor], *, stored_hash: str 
     return TextSplits(name=meta["name"], num_classes=int(meta["num_classes"]), in_channels=1, image_size=length,
                       content_hash=meta["content_hash"], seed=int(meta["seed"]), max_length=length,
                       pad_id=int(meta["pad_id"]), vocab_size=int(meta["vocab_size"]), classes=tuple(meta["classes"]),
-                      **fields)
+                      per_class_limit=meta.get("per_class_limit"), **fields)

@@ -1,10 +1,11 @@
-"""``idap text finetune | compress | evaluate``: the text path of the command line.
+"""``idap text finetune | compress | evaluate``: the text path of the command line, over the common one.
 
-A pretrained Hugging Face BERT directory is fine-tuned with a classification head on a folder of class
-subfolders, then compressed by the same stages as the image models (heads + FFN neurons, then layers,
-then distillation). Model directories are :mod:`idap.text_models` directories (a Hugging Face model +
-``idap_text.json``); they carry the tokenizer and the data settings, so ``compress`` and ``evaluate``
-cut the very same splits as ``finetune`` did.
+``finetune`` imports a pretrained Hugging Face BERT directory (as ``idap import`` does: a bundle with the
+tokenizer inside), trains it with a classification head on a folder of class subfolders and writes the
+bundle; ``compress`` and ``evaluate`` are ``idap compress`` / ``idap evaluate`` on that bundle, with the
+folder given as a ``kind: text`` dataset spec that names the bundle's tokenizer and the data settings the
+fine-tune used (tokens, per-class limit, seed, calibration and validation sizes), so every command cuts the
+very same splits and the fine-tune never trains on what compression validates on.
 
 Example:
     idap text finetune --model path/to/minilm --data bbcnews/data --max-length 128 --steps 300 --out runs/dense
@@ -15,99 +16,111 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from idap.text_models import META_FILE
+_SPLIT_KEYS = ("seed", "calibration_size", "validation_size")
 
 
-def _data(args: argparse.Namespace, model_dir: Path, settings: dict | None = None):
-    from idap.text import load_text_folder, load_tokenizer
-
-    s = dict(settings or {})
-    for key in ("max_length", "seed", "per_class_limit", "calibration_size", "validation_size"):
+def _settings(args: argparse.Namespace, saved: dict | None = None) -> dict:
+    """The data settings: the saved ones (a bundle's ``text_data``), overridden by the flags given."""
+    s = {"max_length": 128, "seed": 0, "per_class_limit": None, "calibration_size": 128, "validation_size": 256,
+         **(saved or {})}
+    for key in s:
         value = getattr(args, key, None)
         if value is not None:
             s[key] = value
-    s.setdefault("max_length", 128)
-    s.setdefault("seed", 0)
-    config = json.loads((model_dir / "config.json").read_text())
-    data = load_text_folder(args.data, load_tokenizer(model_dir), vocab_size=config["vocab_size"],
-                            pad_id=config.get("pad_token_id") or 0, **s)
-    return data, s
+    return s
 
 
-def _measure(model, data) -> dict:
-    from idap.metrics import accuracy, count_macs, count_params
+def _spec(directory: Path, data: str, bundle: str | Path, s: dict) -> Path:
+    """A ``kind: text`` dataset spec for ``idap compress`` / ``idap evaluate``: the folder, the bundle's tokenizer."""
+    spec = {"kind": "text", "path": str(Path(data).resolve()), "tokenizer": str(Path(bundle).resolve()),
+            "max_length": s["max_length"], "name": Path(data).name}
+    if s.get("per_class_limit"):
+        spec["per_class_limit"] = s["per_class_limit"]
+    path = directory / "text-dataset.json"
+    path.write_text(json.dumps(spec))
+    return path
 
-    return {"val_acc": accuracy(model, data.val_x, data.val_y, batch_size=64),
-            "test_acc": accuracy(model, data.test_x, data.test_y, batch_size=64),
-            "params": count_params(model), "macs": count_macs(model, data.input_shape)}
+
+def _saved_settings(model_dir: str) -> dict:
+    from idap.bundle import read_bundle_info
+
+    info = read_bundle_info(model_dir)
+    saved = dict(info["metadata"].get("text_data") or {})
+    if not saved:  # a compressed bundle: its dataset description and the recipe that cut its splits
+        dataset = info["metadata"].get("dataset") or {}
+        saved = {k: dataset[k] for k in ("max_length", "per_class_limit") if k in dataset}
+        saved.update({k: info["recipe"][k] for k in _SPLIT_KEYS if k in info["recipe"]})
+    return saved
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from idap.config import RecoveryConfig
+    from idap.bundle import save_bundle
+    from idap.config import Recipe, RecoveryConfig
     from idap.recovery import recover
-    from idap.text_models import load_bert_classifier, save_text_model
+    from idap.text import load_text_folder, load_tokenizer
+    from idap.text_models import hf_bundle_model
 
     torch.manual_seed(args.seed)
+    s = _settings(args)
     model_dir = Path(args.model)
-    data, settings = _data(args, model_dir)
-    model = load_bert_classifier(model_dir, data.num_classes, seed=args.seed)
+    config = json.loads((model_dir / "config.json").read_text()) if (model_dir / "config.json").is_file() else {}
+    data = load_text_folder(args.data, load_tokenizer(model_dir), vocab_size=config.get("vocab_size"),
+                            pad_id=config.get("pad_token_id") or 0, **s)
+    model, _ = hf_bundle_model(model_dir, num_classes=data.num_classes, max_length=s["max_length"], seed=args.seed)
     started = time.perf_counter()
     recover(model, None, data.train_x, data.train_y, steps=args.steps, seed=args.seed, device=torch.device("cpu"),
             config=RecoveryConfig(batch_size=args.batch_size, lr=args.lr, weight_decay=0.01, augment=False),
             schedule="cosine", progress=not args.quiet, desc="fine-tune")
-    metrics = {**_measure(model, data), "seconds": round(time.perf_counter() - started, 1), "data": data.describe()}
-    out = save_text_model(model, args.out, tokenizer_dir=model_dir,
-                          extra={"data": settings, "classes": list(data.classes)})
+    metrics = {**_measure(model, data), "seconds": round(time.perf_counter() - started, 1)}
+    # the recipe records how the splits were cut, so `idap evaluate` on this bundle cuts the same ones
+    recipe = Recipe(seed=s["seed"], calibration_size=s["calibration_size"], validation_size=s["validation_size"])
+    out = save_bundle(model.eval(), args.out, input_shape=data.input_shape, recipe=recipe.to_dict(),
+                      metadata={"metrics": metrics, "dataset": data.describe(), "text_data": s,
+                                "fine_tune": {"from": str(model_dir), "steps": args.steps, "lr": args.lr}})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     print(json.dumps({k: metrics[k] for k in ("val_acc", "test_acc", "params", "macs")}))
     return 0
 
 
-def cmd_compress(args: argparse.Namespace) -> int:
-    from idap import compress
-    from idap.config import Recipe
-    from idap.text_models import load_text_model, save_text_model
+def _measure(model, data) -> dict:
+    from idap.report import evaluate_model
 
-    model_dir = Path(args.model_dir)
-    meta = json.loads((model_dir / META_FILE).read_text())
-    dense = load_text_model(model_dir)
-    data, settings = _data(args, model_dir, meta.get("data"))
-    recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
-    changes = {"device": "cpu"}
+    return evaluate_model(model, data, batch_size=64)
+
+
+def cmd_compress(args: argparse.Namespace) -> int:
+    from idap.cli import build_parser, run
+
+    s = _settings(args, _saved_settings(args.model_dir))
+    argv = ["compress", "--model-dir", args.model_dir, "--out", args.out, "--device", "cpu", "--no-latency"]
+    if args.recipe:
+        argv += ["--recipe", args.recipe]
     if args.target_macs is not None:
-        changes["target_macs_reduction"] = args.target_macs
+        argv += ["--target-macs-reduction", str(args.target_macs)]
     if args.max_drop is not None:
-        changes["max_accuracy_drop"] = args.max_drop
-    recipe = recipe.replace(**changes).with_overrides(args.set or [])
-    result = compress(dense, data, recipe, progress=not args.quiet,
-                      on_step=None if args.quiet else lambda r: print(f"{r.stage} {r.index} {r.action}: val {r.val_acc:.2f} %, "
-                                                                     f"{r.macs} MACs {r.note}", file=sys.stderr))
-    out = Path(args.out)
-    save_text_model(result.model, out / "model", tokenizer_dir=model_dir, extra={"data": settings, "classes": meta.get("classes")})
-    before, after = _measure(result.dense, data), _measure(result.model, data)
-    report = {"dense": before, "compressed": after, "macs_reduction": before["macs"] / after["macs"],
-              "params_reduction": before["params"] / after["params"], "recipe": recipe.to_dict() if hasattr(recipe, "to_dict") else None,
-              "trajectory": [r.to_json() for r in result.steps], "seconds": round(result.seconds, 1)}
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    print(json.dumps({"dense_test_acc": before["test_acc"], "test_acc": after["test_acc"],
-                      "macs_reduction": round(report["macs_reduction"], 3)}))
-    return 0
+        argv += ["--max-accuracy-drop", str(args.max_drop)]
+    argv += sum((["--set", f"{k}={s[k]}"] for k in _SPLIT_KEYS), [])
+    argv += sum((["--set", item] for item in args.set or []), [])
+    if args.quiet:
+        argv.append("--quiet")
+    with tempfile.TemporaryDirectory(prefix="idap-text-") as tmp:
+        return run(build_parser().parse_args([*argv, "--dataset", str(_spec(Path(tmp), args.data, args.model_dir, s))]))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from idap.text_models import load_text_model
+    from idap.cli import build_parser, run
 
-    model_dir = Path(args.model_dir)
-    meta = json.loads((model_dir / META_FILE).read_text())
-    data, _ = _data(args, model_dir, meta.get("data"))
-    print(json.dumps(_measure(load_text_model(model_dir), data)))
-    return 0
+    s = _settings(args, _saved_settings(args.model_dir))
+    with tempfile.TemporaryDirectory(prefix="idap-text-") as tmp:
+        spec = _spec(Path(tmp), args.data, args.model_dir, s)
+        return run(build_parser().parse_args(["evaluate", "--model-dir", args.model_dir, "--dataset", str(spec),
+                                              "--no-latency"]))
 
 
 def add_text_commands(sub) -> None:
@@ -115,17 +128,17 @@ def add_text_commands(sub) -> None:
     p = sub.add_parser("text", help="text models (BERT encoders): finetune, compress, evaluate")
     tsub = p.add_subparsers(dest="text_command", required=True)
 
-    def data_args(q, defaults: bool) -> None:
+    def data_args(q) -> None:
         q.add_argument("--data", required=True, help="folder of class subfolders holding .txt files")
-        q.add_argument("--max-length", dest="max_length", type=int, default=128 if defaults else None)
+        q.add_argument("--max-length", dest="max_length", type=int, default=None, help="tokens per text (default 128)")
         q.add_argument("--per-class", dest="per_class_limit", type=int, default=None)
-        q.add_argument("--calibration-size", dest="calibration_size", type=int, default=128 if defaults else None)
-        q.add_argument("--validation-size", dest="validation_size", type=int, default=256 if defaults else None)
+        q.add_argument("--calibration-size", dest="calibration_size", type=int, default=None, help="default 128")
+        q.add_argument("--validation-size", dest="validation_size", type=int, default=None, help="default 256")
         q.add_argument("--quiet", action="store_true")
 
-    f = tsub.add_parser("finetune", help="pretrained Hugging Face BERT dir + classification head -> model dir")
+    f = tsub.add_parser("finetune", help="pretrained Hugging Face BERT dir + classification head -> bundle")
     f.add_argument("--model", required=True, help="Hugging Face model directory (config.json, model.safetensors, tokenizer.json)")
-    data_args(f, True)
+    data_args(f)
     f.add_argument("--steps", type=int, default=300)
     f.add_argument("--lr", type=float, default=1e-4)
     f.add_argument("--batch-size", type=int, default=16)
@@ -133,9 +146,9 @@ def add_text_commands(sub) -> None:
     f.add_argument("--out", required=True)
     f.set_defaults(func=cmd_finetune)
 
-    c = tsub.add_parser("compress", help="compress a fine-tuned text model dir -> OUT/model, OUT/report.json")
+    c = tsub.add_parser("compress", help="idap compress on a fine-tuned text bundle -> OUT/model, OUT/report.json")
     c.add_argument("--model-dir", required=True)
-    data_args(c, False)
+    data_args(c)
     c.add_argument("--recipe", default=None, help="recipe YAML (default: the default recipe)")
     c.add_argument("--target-macs", type=float, default=None)
     c.add_argument("--max-drop", type=float, default=None)
@@ -143,7 +156,7 @@ def add_text_commands(sub) -> None:
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compress)
 
-    e = tsub.add_parser("evaluate", help="accuracy, params and MACs of a text model dir -> JSON on stdout")
+    e = tsub.add_parser("evaluate", help="idap evaluate on a text bundle -> JSON on stdout")
     e.add_argument("--model-dir", required=True)
-    data_args(e, False)
+    data_args(e)
     e.set_defaults(func=cmd_evaluate)

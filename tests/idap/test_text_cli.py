@@ -1,4 +1,5 @@
-"""idap text finetune -> compress -> evaluate on a tiny Hugging Face BERT directory and a class-folder corpus."""
+"""idap text finetune -> compress -> evaluate on a tiny Hugging Face BERT directory and a class-folder corpus: the
+fine-tuned model is a bundle, and compress / evaluate are idap compress / idap evaluate on it."""
 
 import json
 
@@ -40,8 +41,13 @@ def test_finetune_compress_evaluate(hf_dir, tmp_path, capsys):
     assert report["dense"]["macs"] > report["compressed"]["macs"] and report["trajectory"][0]["action"] == "dense"
     # the saved model carries its tokenizer and data settings: evaluate cuts the same splits
     assert main(["text", "evaluate", "--model-dir", str(tmp_path / "small" / "model"), "--data", str(corpus)]) == 0
-    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    again = json.loads(capsys.readouterr().out)  # idap evaluate's JSON
     assert again["test_acc"] == pytest.approx(report["compressed"]["test_acc"])
+    # the common commands take the same bundles: idap compress --model-dir on the fine-tuned bundle
+    assert (tmp_path / "dense" / "tokenizer" / "tokenizer.json").is_file()
+    from idap.bundle import load_bundle
+
+    assert load_bundle(tmp_path / "small" / "model").idap_arch["name"] == "bert_classifier"
 
 
 def test_wrong_tokenizer_is_one_clear_error(hf_dir, tmp_path, capsys):
