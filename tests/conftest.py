@@ -32,3 +32,17 @@ def trained_resnet20(digits):
     model = create_model("resnet20", digits.num_classes, digits.in_channels, digits.image_size)
     train(model, digits.train_x, digits.train_y, epochs=6, batch_size=64, lr=0.05, seed=0, device=torch.device("cpu"))
     return model.eval()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory):
+    """One real S3 endpoint (moto server on 127.0.0.1) for the session, stopped at its end; each test module
+    makes its own bucket (``tests.integration.services.create_bucket``) and points boto3 at it with ``use_s3``."""
+    from tests.integration.services import start_moto
+
+    service = start_moto(tmp_path_factory.mktemp("moto"))
+    try:
+        yield service
+    finally:
+        service.stop()
+

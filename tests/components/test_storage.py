@@ -7,7 +7,7 @@ import boto3
 import pytest
 
 from components._storage import StorageError, download, is_s3, parse_s3, resolve_input, upload
-from tests.integration.services import MOTO_CREDENTIALS, closed_port, create_bucket, start_moto
+from tests.integration.services import closed_port, create_bucket, use_s3
 
 BUCKET = "idap-test"
 SECRET = "s3cr3t-never-printed"  # moto accepts any key; a distinctive one shows it never reaches a message
@@ -15,19 +15,14 @@ FAST = 15  # seconds: every failure must be this quick (bounded retries, short c
 
 
 @pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    service = start_moto(tmp_path_factory.mktemp("moto"))
-    create_bucket(service.url, BUCKET)
-    yield service
-    service.stop()
+def moto(moto_server):
+    create_bucket(moto_server.url, BUCKET)
+    return moto_server
 
 
 @pytest.fixture
 def s3_env(moto, monkeypatch):
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_MAX_ATTEMPTS"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in {**MOTO_CREDENTIALS, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_ENDPOINT_URL": moto.url}.items():
-        monkeypatch.setenv(key, value)
+    use_s3(monkeypatch, moto, AWS_SECRET_ACCESS_KEY=SECRET)
     return moto
 
 

@@ -23,7 +23,6 @@ from tests.integration.services import (
     create_bucket,
     postgres_bin,
     start_mlflow_server,
-    start_moto,
     start_postgres,
 )
 
@@ -54,11 +53,9 @@ def postgres_uri(service_logs):
 
 
 @pytest.fixture(scope="session")
-def moto_s3(service_logs):
-    service = start_moto(service_logs)
-    create_bucket(service.url, BUCKET)
-    yield S3(service.url, BUCKET, dict(service.env), service)
-    service.stop()
+def moto_s3(moto_server):
+    create_bucket(moto_server.url, BUCKET)
+    return S3(moto_server.url, BUCKET, dict(moto_server.env), moto_server)
 
 
 @pytest.fixture(scope="session")

@@ -116,10 +116,25 @@ def start_moto(log_dir: Path, timeout: float = 30) -> Service:
 
 
 def create_bucket(endpoint: str, bucket: str) -> None:
+    """Create ``bucket`` on the endpoint (a bucket this session already made is kept)."""
     import boto3
 
-    boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1").client(
-        "s3", endpoint_url=endpoint).create_bucket(Bucket=bucket)
+    s3 = boto3.session.Session(aws_access_key_id="testing", aws_secret_access_key="testing",
+                               region_name="us-east-1").client("s3", endpoint_url=endpoint)
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou):
+        s3.create_bucket(Bucket=bucket)
+
+
+S3_ENV_CLEARED = ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_MAX_ATTEMPTS")
+
+
+def use_s3(monkeypatch, server: Service, **overrides: str) -> None:
+    """Point boto3 and MLflow at ``server`` (a moto Service) with its test credentials for one test; a
+    profile, other endpoints and retry settings of the machine are cleared first."""
+    for key in S3_ENV_CLEARED:
+        monkeypatch.delenv(key, raising=False)
+    for key, value in {**server.env, **overrides}.items():
+        monkeypatch.setenv(key, value)
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------------------

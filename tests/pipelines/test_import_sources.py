@@ -16,7 +16,7 @@ from idap.bundle import load_bundle, read_bundle_info
 from idap.config import Recipe
 from idap.importing import import_model
 from pipelines.cli import main
-from tests.integration.services import MOTO_CREDENTIALS, create_bucket, start_moto
+from tests.integration.services import create_bucket, use_s3
 
 BUCKET = "idap-import"
 
@@ -75,19 +75,10 @@ def test_registered_version_imports_by_version_and_alias(source, registry, monke
     assert main(["import", "--model", "models:/just-a-name", "--out", str(registry / "x")]) == 2
 
 
-@pytest.fixture(scope="module")
-def moto(tmp_path_factory):
-    service = start_moto(tmp_path_factory.mktemp("moto"))
-    create_bucket(service.url, BUCKET)
-    yield service
-    service.stop()
-
-
-def test_s3_bundle_and_s3_weights(source, moto, tmp_path, monkeypatch):
-    for key in ("AWS_PROFILE", "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL"):
-        monkeypatch.delenv(key, raising=False)
-    for key, value in {**MOTO_CREDENTIALS, "AWS_ENDPOINT_URL": moto.url}.items():
-        monkeypatch.setenv(key, value)
+def test_s3_bundle_and_s3_weights(source, moto_server, tmp_path, monkeypatch):
+    moto = moto_server
+    create_bucket(moto.url, BUCKET)
+    use_s3(monkeypatch, moto)
     monkeypatch.setenv("IDAP_WORKDIR", str(tmp_path / "work"))
     model, root = source
     upload(root / "bundle", f"s3://{BUCKET}/bundles/mnv3")
