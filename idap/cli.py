@@ -80,17 +80,20 @@ def recipe_from_args(args: argparse.Namespace) -> Recipe:
 
 def load_data_for(args: argparse.Namespace, recipe: Recipe | None = None, seed: int = 0):
     return load_data(args.dataset, root=args.data_root, train_limit=args.train_limit, test_limit=args.test_limit,
-                     recipe=recipe, seed=seed)
+                     recipe=recipe, seed=seed, tokenizer=getattr(args, "model_dir", None))
 
 
 def load_data(dataset: str, *, root: str | None = None, train_limit: int | None = None,
-              test_limit: int | None = None, recipe: Recipe | None = None, seed: int = 0):
-    """The dataset split as ``recipe`` asks (its seed, calibration and validation sizes), else with ``seed``."""
+              test_limit: int | None = None, recipe: Recipe | None = None, seed: int = 0, tokenizer=None):
+    """The dataset split as ``recipe`` asks (its seed, calibration and validation sizes), else with ``seed``.
+
+    ``tokenizer``: the bundle being compressed or evaluated; a text folder is tokenized with its tokenizer."""
     kw = {}
     if recipe is not None:
         kw = {"calibration_size": recipe.calibration_size, "validation_size": recipe.validation_size}
         seed = recipe.seed
-    return load_dataset(dataset, root=root, seed=seed, train_limit=train_limit, test_limit=test_limit, **kw)
+    return load_dataset(dataset, root=root, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                        tokenizer=tokenizer, **kw)
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ def run_compress(
     """
     recipe = opts.recipe
     data = load_data(opts.dataset, root=opts.data_root, train_limit=opts.train_limit, test_limit=opts.test_limit,
-                     recipe=recipe)
+                     recipe=recipe, tokenizer=opts.model_dir)
     check_data(data)
     out = opts.out
     check_output_dir(out, "idap compress")

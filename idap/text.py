@@ -270,9 +270,9 @@ def load_text_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
             tokenizer = t if t.is_absolute() else p.parent / t
     if tokenizer is None:
         if not (root / "tokenizer.json").is_file():
-            raise DataError(f"{path}: a text folder needs the model's tokenizer: compress a text bundle (its tokenizer "
-                            f"is used), put a tokenizer.json in the folder, or write a spec with kind: text and "
-                            f"tokenizer: <model directory>")
+            raise DataError(f"{path}: a text folder needs the model's tokenizer: give a text bundle (idap compress / "
+                            f"evaluate --model-dir: its tokenizer is used), put a tokenizer.json in the folder, or "
+                            f"write a spec with kind: text and tokenizer: <model directory>")
         tokenizer = root
     if max_length is None and (Path(tokenizer) / "architecture.json").is_file():  # a bundle: the length it takes
         from idap.bundle import read_input_spec

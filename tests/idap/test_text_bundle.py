@@ -119,12 +119,12 @@ def test_idap_import_and_compress_on_a_text_bundle(bert_bundle, tmp_path, capsys
     root, _ = bert_bundle
     assert main(["import", "--model", str(root / "hf"), "--num-classes", "3", "--max-length", str(L),
                  "--out", str(tmp_path / "dense")]) == 0
-    spec = text_spec(tmp_path / "spec.json", write_corpus(tmp_path / "corpus"), tmp_path / "dense", max_length=L)
+    corpus = write_corpus(tmp_path / "corpus")  # a plain text folder: tokenized with the bundle's own tokenizer
     (tmp_path / "r.yaml").write_text(
         "calibration_size: 16\nvalidation_size: 16\neval_batch_size: 64\ndevice: cpu\nmax_accuracy_drop: 50\n"
         "target_macs_reduction: 1.3\nfilter: {steps: 2, p0: 0.2}\n"
         "recovery: {step_budget: 5, final_budget: 5, batch_size: 16, augment: false}\n")
-    assert main(["compress", "--model-dir", str(tmp_path / "dense"), "--dataset", str(spec), "--recipe",
+    assert main(["compress", "--model-dir", str(tmp_path / "dense"), "--dataset", str(corpus), "--recipe",
                  str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--quiet", "--no-latency"]) == 0
     model = load_bundle(tmp_path / "out/model")  # parity-checked
     report = json.loads((tmp_path / "out/report.json").read_text())
@@ -132,6 +132,9 @@ def test_idap_import_and_compress_on_a_text_bundle(bert_bundle, tmp_path, capsys
     assert sum(layer.attention.num_heads for layer in model.layers if hasattr(layer, "attention")) < 12 or \
         any(layer.ffn_in.out_features < 48 for layer in model.layers if hasattr(layer, "ffn_in"))
     assert set(model.idap_tokenizer) == {"tokenizer.json"} and (tmp_path / "out/model.onnx").is_file()
+    capsys.readouterr()
+    assert main(["evaluate", "--model-dir", str(tmp_path / "out/model"), "--dataset", str(corpus), "--no-latency"]) == 0
+    assert json.loads(capsys.readouterr().out)["test_acc"] == report["compressed"]["test_acc"]  # the same splits
 
 
 def test_taylor_scores_heads_by_gradient_times_weight():
