@@ -281,13 +281,14 @@ def hf_bundle_model(model_dir: str | os.PathLike, *, num_classes: int | None = N
     config = _read_config(model_dir)
     kind = config.get("model_type")
     ours = (model_dir / META_FILE).is_file()
+    meta = json.loads((model_dir / META_FILE).read_text()) if ours else {}
     weights = _read_weights(model_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if kind == "bert":
-            shape = BertShape.from_hf(config)
+            shape = BertShape(**meta["shape"]) if ours else BertShape.from_hf(config)  # ours: the dense shape
             if ours:
-                num_classes = int(json.loads((model_dir / META_FILE).read_text())["num_classes"])
+                num_classes = int(meta["num_classes"])
             if num_classes is None:
                 raise TextModelError(f"{model_dir}: a BERT encoder needs --num-classes for its new classification head")
             model = create_model("bert_classifier", num_classes, 1, max_length, **shape.to_json())
@@ -295,7 +296,7 @@ def hf_bundle_model(model_dir: str | os.PathLike, *, num_classes: int | None = N
                 weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
             pad_id = shape.pad_id
         elif kind == "llama":
-            shape = LlamaShape.from_hf(config)
+            shape = LlamaShape(**meta["shape"]) if ours else LlamaShape.from_hf(config)
             if num_classes not in (None, shape.vocab_size):
                 raise TextModelError(f"{model_dir}: a decoder LM predicts its {shape.vocab_size} tokens; "
                                      f"--num-classes {num_classes} does not apply")
@@ -305,7 +306,7 @@ def hf_bundle_model(model_dir: str | os.PathLike, *, num_classes: int | None = N
         else:
             raise TextModelError(f"{model_dir}: model_type {kind!r} cannot be imported; supported: 'bert', 'llama'")
     if ours:  # pruned by idap.text: give the fresh model its saved layer shapes first
-        reshape_layers(model, json.loads((model_dir / META_FILE).read_text())["layers"])
+        reshape_layers(model, meta["layers"])
     load_hf_state(model, weights)
     files = tokenizer_files(model_dir)
     if "tokenizer.json" not in files:

@@ -157,3 +157,24 @@ def test_taylor_scores_heads_by_gradient_times_weight():
         by_hand += (p.weight * p.weight.grad)[:8].abs().sum() + (p.bias * p.bias.grad)[:8].abs().sum()
     by_hand += (attn.out_proj.weight * attn.out_proj.weight.grad)[:, :8].abs().sum()
     assert torch.isclose(scores[0], by_hand.float(), rtol=1e-5)
+
+
+def test_a_pruned_idap_text_directory_imports_with_its_shapes_and_head(tmp_path):
+    from idap.lm import BertClassifier, BertShape
+    from idap.text_models import save_text_model
+
+    torch.manual_seed(0)
+    model = BertClassifier(BertShape(vocab_size=VOCAB, hidden=32, layers=3, heads=4, ffn=48, max_positions=32), 3).eval()
+    prune_heads(model, {"layers.1.attention": [0, 3]})
+    remove_block(model, "layers.2")
+    (tmp_path / "tok").mkdir()
+    from .text_fixtures import word_tokenizer
+
+    word_tokenizer().save(str(tmp_path / "tok" / "tokenizer.json"))
+    save_text_model(model, tmp_path / "text_dir", tokenizer_dir=tmp_path / "tok")
+    report = import_hf_model(tmp_path / "text_dir", tmp_path / "b", max_length=L)
+    assert not report.head_replaced and report.num_classes == 3  # its own trained head, kept
+    loaded = load_bundle(tmp_path / "b")
+    with torch.inference_mode():
+        assert torch.equal(loaded(ids()), model(ids()))
+    assert json.loads((tmp_path / "b/architecture.json").read_text())["removed"] == ["layers.2"]
