@@ -114,8 +114,9 @@ def test_s3_spec_source_fetched_once_by_content_then_streamed(s3_env):
 @pytest.mark.slow
 def test_compress_pipeline_streams_an_s3_image_folder(s3_env, tmp_path):
     """`idap pipeline run compress` (kfp local runner, one process per step) on a dataset spec on S3 naming an
-    image folder on S3: every step gets the same streamed splits; the data artifact holds no pixels."""
-    folder = digits_folder(tmp_path / "digits")  # 300 train + 80 test PNGs, 16x16 grey
+    image folder on S3: every step gets the same streamed splits; the data artifact holds no pixels. Measured:
+    16.5 min on the shared 2-core VM at load average 13 (eight step processes, each paying its imports)."""
+    folder = digits_folder(tmp_path / "digits", train_per_class=100, test_per_class=20)  # 1,200 PNGs, 16x16 grey
     upload(folder, f"s3://{BUCKET}/e2e/digits")
     (tmp_path / "spec.yaml").write_text(yaml.safe_dump({"source": "digits", "workers": 0, "resolution": 16}))
     upload(tmp_path / "spec.yaml", f"s3://{BUCKET}/e2e/digits.yaml")
@@ -126,7 +127,7 @@ def test_compress_pipeline_streams_an_s3_image_folder(s3_env, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "compress", "--recipe", str(tmp_path / "recipe.yaml"),
          "--param", f"dataset=s3://{BUCKET}/e2e/digits.yaml", "--param", "model_name=cnn_small",
-         "--param", "train_epochs=3", "--param", "measure_latency=false", "--param", "run_name=streamed"],
+         "--param", "train_epochs=8", "--param", "measure_latency=false", "--param", "run_name=streamed"],
         env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     printed = dict(re.findall(r"^([a-z][A-Za-z ()]+): (.+)$", proc.stdout, flags=re.M))
@@ -135,17 +136,18 @@ def test_compress_pipeline_streams_an_s3_image_folder(s3_env, tmp_path):
     # The artifact is a reference: metadata + file list + assignments, far smaller than the pixels.
     assert sorted(p.name for p in data_dir.iterdir()) == ["splits.json", "stream.json"]
     artifact_bytes = sum(p.stat().st_size for p in data_dir.iterdir())
-    pixel_bytes = 380 * 16 * 16 * 4  # the same images as float32 tensors
+    pixel_bytes = 1200 * 16 * 16 * 4  # the same images as float32 tensors
     assert artifact_bytes < pixel_bytes / 4, (artifact_bytes, pixel_bytes)
     splits = load_splits(data_dir)
     assert isinstance(splits, StreamedSplits) and splits.describe()["sizes"] == {
-        "train": 300 - 32 - 64, "calibration": 32, "validation": 64, "test": 80}
+        "train": 1000 - 32 - 64, "calibration": 32, "validation": 64, "test": 200}
     assert Path(splits.source["root"]).is_relative_to(tmp_path / "cache" / "s3")
     # Every later step read those splits: its report records the same dataset.
     report = json.loads(next(pipeline_root.glob("*/evaluate/report_json")).read_text())
     assert report["dataset"]["content_hash"] == splits.content_hash and report["dataset"]["streamed"] is True
     assert report["dataset"]["sizes"] == splits.describe()["sizes"]
-    assert report["ratios"]["macs_reduction"] > 1.0 and report["compressed"]["test_acc"] > 10.0
+    # The dense model learnt from the streamed files (10 classes: chance is 10 %), so images and labels agree.
+    assert report["dense"]["test_acc"] > 30.0 and report["ratios"]["macs_reduction"] > 1.0
     console = proc.stdout + proc.stderr
     for i, task in enumerate(("prepare-data", "train-baseline", "score-divergence", "prune-filters", "prune-layers",
                               "finetune", "evaluate", "register-model"), 1):
