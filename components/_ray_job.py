@@ -7,10 +7,10 @@ The submitting side (the tune pipeline's search step, ``idap tune --submit``) ca
 2. the inputs go to ``<exchange>/<job id>/``: ``inputs/data`` (the splits), ``inputs/dense`` (the bundle)
    and ``job.json`` (recipe, space, search settings, the MLflow run to log into);
 3. the job ``python -m components._ray_job <exchange>/<job id>`` is submitted with a runtime environment
-   carrying the settings every pipeline step gets (:data:`CARRIED_ENV`: MLflow tracking URI, S3 endpoint,
-   region and bucket, telemetry off). Credentials (:data:`SECRET_ENV`) are never carried: Ray shows a job's
-   runtime environment to anyone who can reach the dashboard. The cluster's pods read them from the same
-   Secrets the pipeline steps do (infra/base/raycluster.yaml);
+   carrying the settings every pipeline step gets (:func:`components._tune.cluster_env`: MLflow tracking URI,
+   S3 endpoint, region and bucket, telemetry off). Credentials are never carried: Ray shows a job's runtime
+   environment to anyone who can reach the dashboard. The cluster's pods read them from the same Secrets
+   the pipeline steps do (infra/base/raycluster.yaml);
 4. the job is polled until it ends (its log lines echoed as they come), at most ``timeout_s``: a job still
    running then is stopped. A FAILED or STOPPED job raises :class:`SearchError` naming the job id and its
    last log lines, and nothing is read back;
@@ -44,18 +44,12 @@ from pathlib import Path
 from components import _storage
 from components._search_results import SearchResult, read_results
 from components._search_space import SearchSpace
-from components._settings import TELEMETRY_OFF, telemetry_off
-from components._tune import SearchError, probe, run_search
+from components._settings import telemetry_off
+from components._tune import SearchError, cluster_env, probe, run_search
 from idap.config import Recipe
 
-__all__ = ["CARRIED_ENV", "SECRET_ENV", "main", "submit_search", "wait_for_job"]
+__all__ = ["main", "submit_search", "wait_for_job"]
 
-# What a pipeline step is configured with (pipelines/_platform.py) and the job needs too; never a credential.
-CARRIED_ENV = ("MLFLOW_TRACKING_URI", "IDAP_EXPERIMENT", "IDAP_ARTIFACT_ROOT", "IDAP_BUCKET", "AWS_ENDPOINT_URL",
-               "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
-               "AWS_MAX_ATTEMPTS", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
-              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
 EXCHANGE_PREFIX = "idap/search-jobs"  # under s3://$IDAP_BUCKET/ unless an exchange URI is given
 DEFAULT_TIMEOUT_S = 24 * 3600
 LOG_TAIL_LINES = 20
@@ -86,12 +80,6 @@ def exchange_prefix(exchange: str | None, job_id: str) -> str:
         raise SearchError(f"the job exchange must be an s3:// URI the cluster can read, got {exchange!r}")
     _storage.parse_s3(exchange)
     return f"{exchange.rstrip('/')}/{job_id}"
-
-
-def job_env() -> dict[str, str]:
-    """The runtime environment's variables: :data:`CARRIED_ENV` as set here, telemetry off, no credential."""
-    env = {k: os.environ[k] for k in CARRIED_ENV if os.environ.get(k)}
-    return {**TELEMETRY_OFF, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "disabled", **env}
 
 
 def submit_search(
@@ -151,7 +139,7 @@ def submit_search(
         _storage.upload(Path(tmp) / "job.json", f"{prefix}/job.json")
     client = JobSubmissionClient(url)
     client.submit_job(entrypoint=f"python -m components._ray_job {prefix}", submission_id=job_id,
-                      runtime_env={"env_vars": job_env()},
+                      runtime_env={"env_vars": cluster_env()},
                       metadata={"idap.kind": "search", "idap.exchange": prefix,
                                 "idap.search_run_id": search_run_id or ""})
     if echo:
@@ -181,7 +169,8 @@ def wait_for_job(client, job_id: str, *, timeout_s: float, poll_s: float = 2.0,
         if status == JobStatus.SUCCEEDED:
             return
         if status in (JobStatus.FAILED, JobStatus.STOPPED):
-            message = (getattr(client.get_job_info(job_id), "message", None) or "").strip()
+            # (Ray's message may append the whole log: its first line is the reason, the tail follows below)
+            message = ((getattr(client.get_job_info(job_id), "message", None) or "").strip().splitlines() or [""])[0]
             raise SearchError(f"Ray job {job_id} {status.value}" + (f": {message}" if message else "")
                               + f"\nlast log lines of job {job_id}:\n{_tail(logs)}")
         if time.monotonic() >= deadline:

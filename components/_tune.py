@@ -191,14 +191,14 @@ class SparingASHA(ASHAScheduler):
         return action
 
 
-
 # ---- Ray ---------------------------------------------------------------------------------------
 def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
     """Start (or attach to) Ray; returns True when this call started it (the caller shuts it down).
 
     Local by default: ``address="local"``, no dashboard, bound to 127.0.0.1, a private temp dir, token
     auth off (``RAY_AUTH_MODE=disabled``: nothing listens beyond this machine), usage stats off.
-    ``address`` (or ``RAY_ADDRESS``) attaches to an existing cluster instead, e.g. the RayCluster in infra/.
+    ``address`` (or ``RAY_ADDRESS``) attaches to an existing cluster instead, e.g. the RayCluster in infra/:
+    probed first (:func:`probe`, a dead address fails in seconds), with :func:`cluster_env` as the runtime env.
     """
     import ray
 
@@ -209,9 +209,12 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": log_to_driver}
     if address not in ("local", "auto"):
         probe(address)
-    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": log_to_driver}
+        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # (a Ray job's driver has the job's runtime env)
+            # under Ray Client (ray://) Tune's driver and its MLflow callback run on the head: same settings as here
+            kwargs["runtime_env"] = {"env_vars": cluster_env()}
     if address == "local":  # (an existing cluster refuses resource and dashboard arguments: it has its own)
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # short: Ray's unix sockets live under it and a socket path may not exceed ~107 characters
@@ -222,6 +225,25 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to
     except Exception as error:
         raise SearchError(f"cannot start or reach Ray at {address!r}: {type(error).__name__}: {error}") from error
     return True
+
+
+# What a pipeline step is configured with (pipelines/_platform.py) and the cluster side of a search needs too
+# (a Ray job's driver, Tune's driver under Ray Client): never a credential, which Ray would show to anyone who
+# reaches the dashboard. The RayCluster's pods get the credentials from the same Secrets as the steps.
+CARRIED_ENV = ("MLFLOW_TRACKING_URI", "IDAP_EXPERIMENT", "IDAP_ARTIFACT_ROOT", "IDAP_BUCKET", "AWS_ENDPOINT_URL",
+               "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
+               "AWS_MAX_ATTEMPTS", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
+              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
+
+
+def cluster_env() -> dict[str, str]:
+    """The runtime environment's variables for work on a cluster: :data:`CARRIED_ENV` as set in this process,
+    telemetry off, Ray's token auth as here (default disabled, as infra/ runs it); no credential."""
+    from components._settings import TELEMETRY_OFF
+
+    env = {k: os.environ[k] for k in CARRIED_ENV if os.environ.get(k) and k not in SECRET_ENV}
+    return {**TELEMETRY_OFF, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "disabled", **env}
 
 
 PROBE_TIMEOUT_S = 3.0

@@ -282,6 +282,46 @@ def test_the_winner_is_the_largest_feasible_reduction_and_its_recipe_is_saved(co
     assert constrained.files["plot"].stat().st_size > 1000
 
 
+@slow
+def test_the_result_files_read_back_as_the_same_result(constrained):
+    """What a search run as a Ray job hands back through S3: read_results rebuilds the SearchResult."""
+    back = _search_results.read_results(constrained.files["json"].parent, search_run_id=constrained.search_run_id)
+    assert back.winner == json.loads(json.dumps(constrained.winner, default=str))
+    assert back.winner_recipe == constrained.winner_recipe and back.base == constrained.base
+    assert [t["trial_id"] for t in back.front] == [t["trial_id"] for t in constrained.front]
+    assert replace_source(back.space) == replace_source(constrained.space)
+    assert back.summary == constrained.summary and back.files["markdown"].is_file()
+    nodes = {t["node_id"] for t in back.trials if t["status"] == "complete"}
+    assert len(nodes) == 1 and all(nodes)  # every trial says where it ran: here, the one local node
+
+
+def test_result_files_that_are_not_a_search_are_refused(tmp_path):
+    with pytest.raises(SearchSpaceError, match="holds no pareto.json"):
+        _search_results.read_results(tmp_path, search_run_id="x")
+    for name in ("pareto.json", "best-recipe.yaml", "search.md"):
+        (tmp_path / name).write_text("{}")
+    with pytest.raises(SearchSpaceError, match="is not a search's pareto.json"):
+        _search_results.read_results(tmp_path, search_run_id="x")
+
+
+def test_the_cluster_side_gets_the_settings_but_never_a_credential(monkeypatch):
+    for key, value in {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "AWS_ENDPOINT_URL": "http://s3:9000",
+                       "IDAP_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "k",
+                       "MLFLOW_TRACKING_PASSWORD": "pw"}.items():
+        monkeypatch.setenv(key, value)
+    env = _tune.cluster_env()
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["IDAP_BUCKET"] == "b"
+    assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
+    assert not set(_tune.SECRET_ENV) & set(env) and "s3cr3t" not in json.dumps(env)
+
+
+def test_tune_storage_local_or_s3(tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    assert _tune.tune_storage(None, tmp_path / "exp") == (str(tmp_path), None)
+    path, fs = _tune.tune_storage("s3://bucket/some/prefix/", tmp_path / "exp")
+    assert path == "bucket/some/prefix" and fs.type_name == "s3"
+
+
 class InterruptAfter(Callback):
     """Ctrl-C, as a user would press it, once ``n`` trials have ended (once: a flag file survives the restore)."""
 

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.services import MOTO_CREDENTIALS, TELEMETRY_OFF, free_port
+from tests.integration.services import MOTO_CREDENTIALS, TELEMETRY_OFF, free_port, use_s3
 
 TINY = {"calibration_size": 128, "validation_size": 256, "eval_batch_size": 256, "device": "cpu",
         "max_accuracy_drop": 30.0, "filter": {"steps": 2, "p0": 0.05},
@@ -45,8 +45,9 @@ RAY = Path(sys.executable).parent / "ray"
 
 @dataclass
 class Cluster:
-    gcs: str  # host:port, what --address takes
-    dashboard: str  # http://host:port, the Jobs API
+    gcs: str  # host:port: the GCS (a driver on a node of the cluster)
+    client: str  # ray://host:port: the Ray Client, what a port-forward reaches (idap tune --address)
+    dashboard: str  # http://host:port: the Jobs API (idap tune --submit, the pipeline's search step)
     temp_dir: Path
     log_dir: Path
     processes: list = field(default_factory=list)
@@ -89,11 +90,22 @@ def _ports(*names: str) -> list[str]:
     return [f"--{name}={free_port()}" for name in names]
 
 
-def start_cluster(log_dir: Path, env: dict, timeout: float = 120) -> Cluster:
+def _raylet_tail(temp_dir: Path) -> str:
+    """The raylets' fatal lines (a failed check names its cause) and the end of each log."""
+    out = []
+    for path in sorted(temp_dir.glob("session_latest/logs/raylet*.out")):
+        text = path.read_text(errors="replace")
+        fatal = [line for line in text.splitlines() if " C " in line or "Check failed" in line][:3]
+        out.append(f"{path.name}: {' | '.join(fatal)} ...{text[-800:]}")
+    return "\n".join(out)
+
+
+def start_cluster(log_dir: Path, env: dict, timeout: float = 300) -> Cluster:
     """Head (1 CPU, dashboard / Jobs API) + one worker node (1 CPU), every port free and on 127.0.0.1."""
-    gcs_port, dash_port = free_port(), free_port()
+    gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
     temp_dir = Path(tempfile.mkdtemp(prefix="idap-rc-"))  # short: Ray's socket paths must stay < 107 chars
-    cluster = Cluster(f"127.0.0.1:{gcs_port}", f"http://127.0.0.1:{dash_port}", temp_dir, log_dir)
+    cluster = Cluster(f"127.0.0.1:{gcs_port}", f"ray://127.0.0.1:{client_port}", f"http://127.0.0.1:{dash_port}",
+                      temp_dir, log_dir)
 
     def node() -> list[str]:  # each node its own ports
         return ["--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats",
@@ -103,26 +115,40 @@ def start_cluster(log_dir: Path, env: dict, timeout: float = 120) -> Cluster:
 
     head = [str(RAY), "start", "--head", f"--port={gcs_port}", "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dash_port}", "--include-dashboard=true", f"--temp-dir={temp_dir}",
-            *_ports("ray-client-server-port"), *node()]
-    worker = [str(RAY), "start", f"--address={cluster.gcs}", *node()]
+            f"--ray-client-server-port={client_port}", *node()]
     log_dir.mkdir(parents=True, exist_ok=True)
+
+    def launch(name: str, cmd: list[str]) -> subprocess.Popen:
+        with open(log_dir / f"ray-{name}.log", "ab") as fh:
+            process = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                       start_new_session=True)
+        cluster.processes.append(process)
+        return process
+
+    def up(process: subprocess.Popen, name: str, nodes: int) -> bool:
+        """True once ``nodes`` nodes are alive, False when ``ray start`` exited first."""
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            with contextlib.suppress(Exception):
+                if len(cluster.node_ids()) >= nodes:
+                    return True
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Ray {name} did not come up within {timeout:.0f} s:\n"
+                                   f"{(log_dir / f'ray-{name}.log').read_text()[-3000:]}\n{_raylet_tail(temp_dir)}")
+            time.sleep(0.5)
+        return False
+
     try:
-        for name, cmd in (("head", head), ("worker", worker)):
-            with open(log_dir / f"ray-{name}.log", "ab") as fh:
-                cluster.processes.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT,
-                                                          stdin=subprocess.DEVNULL, env=env, start_new_session=True))
-            deadline = time.monotonic() + timeout
-            want = len(cluster.processes)
-            while True:
-                if cluster.processes[-1].poll() is not None:
-                    raise RuntimeError(f"ray start ({name}) exited:\n{(log_dir / f'ray-{name}.log').read_text()[-3000:]}")
-                with contextlib.suppress(Exception):
-                    if len(cluster.node_ids()) >= want:
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"the Ray {name} did not come up within {timeout:.0f} s:\n"
-                                       f"{(log_dir / f'ray-{name}.log').read_text()[-3000:]}")
-                time.sleep(0.5)
+        if not up(launch("head", head), "head", 1):
+            raise RuntimeError(f"ray start --head exited:\n{(log_dir / 'ray-head.log').read_text()[-3000:]}")
+        for _attempt in range(3):  # on a loaded machine a worker's raylet may die starting: a new one, new ports
+            worker = launch("worker", [str(RAY), "start", f"--address={cluster.gcs}", *node()])
+            if up(worker, "worker", 2):
+                break
+            _stop_session(worker)
+        else:
+            raise RuntimeError(f"the Ray worker exited 3 times:\n{(log_dir / 'ray-worker.log').read_text()[-3000:]}"
+                               f"\n{_raylet_tail(temp_dir)}")
     except BaseException:
         cluster.stop()
         raise
@@ -135,7 +161,11 @@ def cluster(moto_s3, tmp_path_factory):
     root = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k not in NOT_ON_THE_CLUSTER}
     env.update({**TELEMETRY_OFF, **MOTO_CREDENTIALS, "AWS_SECRET_ACCESS_KEY": SECRET, "RAY_AUTH_MODE": "disabled",
-                "OMP_NUM_THREADS": "1", "PATH": f"{root}:{os.environ.get('PATH', '')}"})
+                "OMP_NUM_THREADS": "1", "PATH": f"{root}:{os.environ.get('PATH', '')}",
+                # a loaded 2-core machine: a node may take longer than Ray's default 30 s to register, and
+                # the GCS longer than its default RPC deadlines to answer
+                "RAY_raylet_start_wait_time_s": "180", "RAY_gcs_server_request_timeout_seconds": "180",
+                "RAY_gcs_rpc_server_reconnect_timeout_s": "180"})
     started = start_cluster(tmp_path_factory.mktemp("ray-cluster-logs"), env)
     try:
         yield started
@@ -149,11 +179,9 @@ def cluster(moto_s3, tmp_path_factory):
 @pytest.fixture
 def edge_env(moto_s3, tmp_path, monkeypatch):
     """This side (a pipeline step, a laptop): own work dir and sqlite MLflow, S3 endpoint, bucket, credentials."""
-    for key, value in {**moto_s3.env, "AWS_SECRET_ACCESS_KEY": SECRET, "IDAP_BUCKET": moto_s3.bucket,
-                       "IDAP_WORKDIR": str(tmp_path / "work"), "IDAP_EXPERIMENT": "ray-cluster-tests",
-                       "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "RAY_AUTH_MODE": "disabled",
-                       **TELEMETRY_OFF}.items():
-        monkeypatch.setenv(key, value)
+    use_s3(monkeypatch, moto_s3.service, AWS_SECRET_ACCESS_KEY=SECRET, IDAP_BUCKET=moto_s3.bucket,
+           IDAP_WORKDIR=str(tmp_path / "work"), IDAP_EXPERIMENT="ray-cluster-tests",
+           MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}", RAY_AUTH_MODE="disabled", **TELEMETRY_OFF)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     return tmp_path
 
@@ -206,8 +234,9 @@ def test_a_dead_address_fails_in_seconds_naming_it(monkeypatch):
 # ---- on the cluster -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_idap_tune_address_runs_the_trials_on_the_cluster(cluster, edge_env, dense_dir, moto_s3, capsys):
-    """`idap tune --address host:port` with Tune's storage on S3: this process is the driver, the two trials run
-    on the cluster's nodes (one CPU each, so side by side on both), every trial a nested MLflow run."""
+    """`idap tune --address ray://...` (the Ray Client, as through a port-forward) with Tune's storage on S3: the
+    trials run on the cluster's nodes, every trial a nested MLflow run in this side's store, the candidates'
+    checkpoints read back from S3."""
     from pipelines.cli import main
 
     (edge_env / "space.yaml").write_text(yaml.safe_dump(SPACE))
@@ -215,7 +244,7 @@ def test_idap_tune_address_runs_the_trials_on_the_cluster(cluster, edge_env, den
     exp = edge_env / "address-search"
     code = main(["tune", "--dataset", "digits", "--model-dir", str(dense_dir), "--recipe", str(edge_env / "tiny.yaml"),
                  "--search-space", str(edge_env / "space.yaml"), "--no-latency", "--max-concurrent", "2",
-                 "--address", cluster.gcs, "--storage", f"s3://{moto_s3.bucket}/tune-address",
+                 "--address", cluster.client, "--storage", f"s3://{moto_s3.bucket}/tune-address",
                  "--experiment-dir", str(exp), "--quiet"])
     printed = json.loads(capsys.readouterr().out)
     assert code == 0
