@@ -83,11 +83,11 @@ class FilterStageConfig:
     # (benchmarks/results/experiments/), so the spec's ranking stays the default: opt in for ResNet-like nets.
     ranking: str = "score"
     # Kept channel counts are rounded to a multiple of this (nearest, never below the floor); 1 = the spec
-    # (no rounding). 8 is the default: ONNX Runtime's NCHWc layout (the fast conv path on AVX2 CPUs) needs
-    # widths that are multiples of 8, and a width that is not falls back to plain convs with reorders
-    # around them -- depthwise convs with odd groups run one group at a time. Measured (benchmarks/onnx_widths.py,
-    # results/onnx-widths.md, 1 thread, batch 1): MobileNetV2 pruned to ~63 % widths ran 2x SLOWER than
-    # dense in ONNX Runtime with odd widths and 2x faster rounded to 8. Use 16 on AVX-512 machines.
+    # (no rounding). 8 is the default: ONNX Runtime's NCHWc layout (its fast conv path on AVX2 CPUs) needs
+    # widths in multiples of 8; other widths fall back to plain convs with reorders around them, and
+    # depthwise convs with odd groups run one group at a time. Measured (benchmarks/onnx_widths.py,
+    # benchmarks/results/onnx-widths/, 1 thread, batch 1): MobileNetV2 with ~63 % of its widths ran 2x
+    # SLOWER than dense in ONNX Runtime with odd widths, 2x faster rounded to 8. Use 16 on AVX-512 machines.
     round_to: int = 8
     # Halvings of the step size a rollback may spend before stage 1 ends (NNCF's adaptive compression level):
     # a step that breaks the budget is retried at half the size, which later steps keep. 0 = the spec (the

@@ -10,6 +10,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
@@ -27,17 +28,30 @@ def channels_first(z: Tensor, channel_last: bool) -> Tensor:
     return z.movedim(-1, 1) if channel_last and z.dim() > 2 else z
 
 
+# Elementwise temporaries of a hook are made for at most this many elements at once (a slice of the batch):
+# a fresh buffer the size of a whole activation costs page faults on every call, and made scoring ~1.3x a
+# forward pass on MobileNetV2; slices stay in cache and are reused (benchmarks/profile_cost.py).
+CHUNK_ELEMENTS = 1 << 18
+
+
+def _batch_slices(z: Tensor) -> list[Tensor] | tuple[Tensor]:
+    per_sample = max(1, z[0].numel()) if len(z) else 1
+    rows = max(1, CHUNK_ELEMENTS // per_sample)
+    return z.split(rows) if len(z) > rows else (z,)
+
+
 def positions_norm(z: Tensor, channel_last: bool = False) -> Tensor:
     """Per-sample, per-channel L2 norm over positions of φ(Z) = ReLU(Z): (B, C)."""
-    z = torch.relu(channels_first(z, channel_last).float())
+    z = channels_first(z, channel_last)
     if z.dim() == 2:
-        return z
-    return torch.linalg.vector_norm(z.flatten(2), dim=2)
+        return torch.relu(z.float())
+    parts = [torch.linalg.vector_norm(torch.relu(c.float()).flatten(2), dim=2) for c in _batch_slices(z)]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 def num_positions(z: Tensor) -> int:
     """|P|: positions per channel (1 for a plain vector)."""
-    return int(torch.tensor(z.shape[2:]).prod()) if z.dim() > 2 else 1
+    return math.prod(z.shape[2:]) if z.dim() > 2 else 1
 
 
 def channel_score(mean_norms: Tensor, weight: Tensor, positions: int) -> Tensor:
@@ -64,8 +78,9 @@ def _head_weight_norms(q_weight: Tensor, k_weight: Tensor, v_weight: Tensor, num
 
 def block_divergence(x: Tensor, y: Tensor) -> Tensor:
     """Per-sample D = ||y − x||_2 / (||y||_2 + ε): low means the block barely transforms its input."""
-    x, y = x.flatten(1).float(), y.flatten(1).float()
-    return (y - x).norm(dim=1) / (y.norm(dim=1) + EPS)
+    x, y = x.flatten(1), y.flatten(1)
+    diff = torch.cat([(b.float() - a.float()).norm(dim=1) for a, b in zip(_batch_slices(x), _batch_slices(y), strict=True)])
+    return diff / (y.float().norm(dim=1) + EPS)
 
 
 def block_influence(x: Tensor, y: Tensor) -> Tensor:
@@ -75,6 +90,13 @@ def block_influence(x: Tensor, y: Tensor) -> Tensor:
 
 def _is_attention(m: nn.Module) -> bool:
     return hasattr(m, "per_head_output") and hasattr(m, "num_heads") and hasattr(m, "q_proj")
+
+
+def _reads_out_proj(m: nn.Module) -> bool:
+    """Whether an attention module's head outputs can be read at its out_proj's input: a Linear over
+    (B, N, heads * width) tokens, as in idap's attention modules."""
+    proj = getattr(m, "out_proj", None)
+    return isinstance(proj, nn.Linear) and m.num_heads > 0 and proj.in_features % m.num_heads == 0
 
 
 def _is_pointwise(m: nn.Module) -> bool:
@@ -246,22 +268,33 @@ def flow_profile(
     block_sums: dict[str, float] = dict.fromkeys(blocks, 0.0)
     attention = {n: m for n, m in named.items() if _is_attention(m)}
 
+    # Head outputs are read where the forward already has them, at the input of out_proj (B, N, heads * width,
+    # each head's columns contiguous): recomputing them with per_head_output cost a second attention pass.
+    # An attention module without such an out_proj is asked for per_head_output.
+    head_taps = {f"{n}.out_proj": n for n, m in attention.items() if _reads_out_proj(m)}
+    recompute = {n for n in attention if n not in head_taps.values()}
+
+    def add_heads(name: str, per_head: Tensor) -> None:  # (B, heads, N, width)
+        s = per_head.float().flatten(2).norm(dim=2).sum(dim=0) / per_head.shape[2]
+        head_sums[name] = head_sums.get(name, 0) + s
+
     def on_forward(name: str, module: nn.Module, inputs: tuple, output: object) -> None:
         if name in by_observed and isinstance(output, Tensor):
             for layer in by_observed[name]:
                 channel_last = _channel_last(scored[layer], output)
                 sums[layer] = sums.get(layer, 0) + positions_norm(output, channel_last).sum(dim=0)
                 positions[layer] = num_positions(channels_first(output, channel_last))
-        if name in attention:
-            per_head = module.per_head_output(inputs[0])
-            tokens = per_head.shape[2]
-            s = per_head.float().flatten(2).norm(dim=2).sum(dim=0) / tokens
-            head_sums[name] = head_sums.get(name, 0) + s
+        if name in head_taps:
+            z = inputs[0]
+            heads = attention[head_taps[name]].num_heads
+            add_heads(head_taps[name], z.view(*z.shape[:2], heads, z.shape[-1] // heads).transpose(1, 2))
+        if name in recompute:
+            add_heads(name, module.per_head_output(inputs[0]))
         if name in block_sums and block_score.pair is not None:
             y = output[0] if isinstance(output, tuple) else output
             block_sums[name] += float(block_score.pair(inputs[0], y).sum())
 
-    hooked = set(by_observed) | set(attention) | set(blocks)
+    hooked = set(by_observed) | recompute | set(head_taps) | set(blocks)
     was_training = model.training
     model.eval()
     total = 0

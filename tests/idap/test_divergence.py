@@ -92,6 +92,45 @@ def test_head_score_by_hand_and_in_profile():
     p = flow_profile(Wrap(), x, batch_size=2)
     assert torch.allclose(p.heads["attn"], s.detach(), rtol=1e-5)
     assert "attn.q_proj" not in p.channel  # projections inside attention are scored as heads
+    # the heads are read at out_proj's input, not recomputed; a module without an out_proj is asked for
+    # per_head_output, with the same scores
+    calls = []
+    original = attn.per_head_output
+    attn.per_head_output = lambda *a, **k: calls.append(1) or original(*a, **k)
+    flow_profile(Wrap(), x, batch_size=2)
+    assert not calls
+    proj = attn.out_proj
+    attn.out_proj = None  # what the head-score path sees of a module without out_proj
+    try:
+        from idap.divergence import _reads_out_proj
+
+        assert not _reads_out_proj(attn)
+    finally:
+        attn.out_proj = proj
+    assert _reads_out_proj(attn)
+
+
+def test_head_scores_of_a_grouped_query_attention_match_per_head_output():
+    from idap.divergence import _head_weight_norms
+    from idap.lm import GroupedQueryAttention
+
+    torch.manual_seed(0)
+    gqa = GroupedQueryAttention(16, kv_heads=2, queries_per_group=2, head_dim=4, rope_theta=10000.0)
+    x = torch.randn(2, 6, 16)
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.attn = gqa
+
+        def forward(self, x):
+            return self.attn(x)
+
+    p = flow_profile(Wrap().eval(), x)
+    per_head = gqa.per_head_output(x)
+    expected = per_head.flatten(2).norm(dim=2).mean(dim=0) / per_head.shape[2] * _head_weight_norms(
+        gqa.q_proj.weight, gqa.k_proj.weight, gqa.v_proj.weight, gqa.num_heads)
+    assert torch.allclose(p.heads["attn"], expected, rtol=1e-4)
 
 
 def test_pointwise_flag_and_post_point():
