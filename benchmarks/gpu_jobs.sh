@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run the jobs of the ResNet presets on a lent GPU machine (many cores, one GPU) and pack the work folder, so
+# Run the jobs of benchmark presets on a lent GPU machine (many cores, one GPU) and pack the work folder, so
 # that the CPU timing runs later on the machine the results name:
 #
 #   benchmarks/gpu_jobs.sh OUT_DIR [DEADLINE_S]      # on the GPU machine
@@ -28,8 +28,12 @@ mkdir -p "$out" "$work"
 touch "$work/.started"
 started=$(date +%s)
 # One line per preset: "PRESET WORKERS [more benchmarks.compare arguments]"; all run at once.
-runs=${RUNS:-"fashion-resnet20 6
-fashion-resnet56 8 --targets 3"}
+# Default: the two main budget-mode presets (issue 17); the committed equal-MACs ResNet results came from
+# RUNS="fashion-resnet20 6
+# fashion-resnet56 8 --targets 3". VGG-16 and the ViT (budget-fashion-vgg16 / -vit) fit a second slot:
+# every finished job is cached, so a later slot resumes.
+runs=${RUNS:-"budget-fashion-resnet56 6
+budget-fashion-mobilenetv2 6"}
 while read -r preset workers extra; do
   [ -n "$preset" ] || continue
   # shellcheck disable=SC2086  # extra holds several arguments

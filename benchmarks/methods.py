@@ -4,7 +4,9 @@ Every method gets the same dense model, the same schedule (p0, T, alpha), the sa
 budget and the same total number of optimizer steps (recovery + final fine-tune): only the criterion,
 the stages used or the flag under test differ. A method runs along one axis:
 
-- ``macs``: once per MACs target (2x, 3x, 4x fewer MACs), accuracy compared at equal MACs;
+- ``macs``: once per MACs target (2x, 3x, 4x fewer MACs), accuracy compared at equal MACs; and, in a
+  budget-mode preset, once more with no target and the accuracy budget on (budget mode: within 1 pp of
+  validation accuracy, how far does each method get? IDAP++'s stage 2 then follows its epsilon rule);
 - ``blocks``: once per number of blocks removed (depth criteria compared at equal depth);
 - ``control``: the dense model trained with plain cross-entropy for the same number of extra steps.
 """
@@ -15,7 +17,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from idap.config import Recipe
+from idap.config import LayerStageConfig, Recipe
 from idap.divergence import list_block_scores
 from idap.importance import list_importances
 
@@ -45,9 +47,15 @@ class Method:
             raise ValueError(f"method {self.name}: axis must be one of {AXES}, got {self.axis!r}")
         object.__setattr__(self, "overrides", MappingProxyType(dict(self.overrides)))
 
-    def recipe(self, base: Recipe, *, target: float | None = None, blocks: int | None = None) -> Recipe:
-        """The base recipe with this method's settings and its point on the axis (a target or a block count)."""
-        if self.axis == "macs":
+    def recipe(self, base: Recipe, *, target: float | None = None, blocks: int | None = None,
+               budget: float | None = None) -> Recipe:
+        """The base recipe with this method's settings and its point on the axis (a target, a block count, or
+        for a ``macs`` method in budget mode an accuracy budget in pp)."""
+        if self.axis == "macs" and budget is not None:
+            # budget mode: no target, rollback at the budget, stage 2's accept rule at the library's epsilon
+            base = base.replace(target_macs_reduction=None, max_accuracy_drop=float(budget)).with_overrides(
+                {"layer.epsilon": LayerStageConfig().epsilon})
+        elif self.axis == "macs":
             if target is None:
                 raise ValueError(f"method {self.name} runs at a MACs target; got none")
             base = base.replace(target_macs_reduction=float(target))

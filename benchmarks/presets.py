@@ -14,6 +14,8 @@ from benchmarks.methods import METHODS
 
 ALL_METHODS = tuple(METHODS)
 NO_DEPTH = tuple(m for m in ALL_METHODS if METHODS[m].axis != "blocks" and m != "idap++-stage1")
+# budget mode's contenders: IDAP++ (both stages, and stage 1 alone) and Torch-Pruning's criteria as it ranks them
+BUDGET_METHODS = ("idap++", "idap++-stage1", "tp-l1", "tp-taylor", "tp-fpgm", "tp-lamp")
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Preset:
     seeds: tuple[int, ...] = (0, 1)  # recipe seeds: pruning randomness, recovery batches
     methods: tuple[str, ...] = ALL_METHODS
     goal_target: float = 3.0  # where the goals are judged
+    # Budget mode: every macs-axis method of the idap and torch-pruning families also runs once with no MACs
+    # target and this validation-accuracy budget (pp) on; None = equal-MACs comparison only.
+    budget_pp: float | None = None
     # shared schedule and budgets
     p0: float = 0.1
     filter_steps: int = 10  # T
@@ -61,6 +66,10 @@ class Preset:
             raise ValueError(f"preset {self.name}: unknown methods {unknown}; valid: {list(METHODS)}")
         if not self.seeds or any(s < 0 for s in self.seeds):
             raise ValueError(f"preset {self.name}: seeds must be a non-empty tuple of integers >= 0, got {self.seeds}")
+        if not self.targets and self.budget_pp is None:
+            raise ValueError(f"preset {self.name}: needs MACs targets or a budget_pp (budget mode)")
+        if self.budget_pp is not None and not 0 < self.budget_pp <= 100:
+            raise ValueError(f"preset {self.name}: budget_pp must be in (0, 100] percentage points, got {self.budget_pp}")
         if any(t <= 1 for t in self.targets):
             raise ValueError(f"preset {self.name}: targets are reduction factors > 1, got {self.targets}")
         if self.total_budget < 1 or self.step_budget < 0:
@@ -123,6 +132,41 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
                                 "ours": ("idap++", "tp-l1"),
                                 "rows": ({"method": "L1 (Li et al.)", "acc": 92.93, "macs_reduction": 2.12},),
                                 "caveat": "REDUCED run on JPEG CIFAR-10: not comparable with the published row."}}),
+    # Budget mode (issue 17): "within 1 pp of validation accuracy, how much faster and smaller?" Every contender
+    # in the same loop (rollback at the budget, IDAP++'s stage 2 under its epsilon rule), the same total optimizer
+    # steps, at least 5 epochs of recovery + fine-tune (1,100 steps x 256 = 5.2 epochs of the 54k train split),
+    # from a dense model trained 30 epochs; the equal-MACs mode at 3x and 4x at the same budget. Sized for a lent
+    # GPU (jobs in parallel workers, cached: a CPU machine can finish or re-time them).
+    *(Preset(f"budget-fashion-{short}", "fashion-mnist", model,
+             f"budget mode at 1 pp + equal MACs (3x, 4x), realistic budgets: {what} on Fashion-MNIST, dense "
+             "trained 30 epochs, 1,100 optimizer steps of batch 256 (5.2 epochs) of recovery + fine-tune per method",
+             train_epochs=30, budget_pp=1.0, targets=(3.0, 4.0), ablation_targets=(3.0,), block_counts=(),
+             seeds=(0, 1), methods=BUDGET_METHODS, p0=0.05, filter_steps=12, step_budget=50, total_budget=1100,
+             batch_size=256, target_share=share, stage_val_size=2000, recipe_overrides=("recovery.final_reserve=0.4",))
+      for short, model, what, share in (
+          ("resnet56", "resnet56", "CIFAR-style ResNet-56", 0.3),
+          ("mobilenetv2", "mobilenet_v2", "MobileNetV2 (depthwise, inverted residuals)", 0.3),
+          ("vgg16", "vgg16_bn", "VGG-16-BN (no residuals: stage 2 has nothing to remove)", 0.0),
+          ("vit", "vit_small", "the 6-layer ViT (heads, MLP neurons, encoder layers)", 0.3))),
+    Preset("budget-cifar10-resnet56", "cifar10", "resnet56",
+           "budget mode at 1 pp + equal MACs (2.12x, 3x) on CIFAR-10 (JPEG copy), ResNet-56 beside Torch-Pruning's "
+           "published table; dense 100 epochs (a GPU job of its own: cache it first), 3,000 steps of batch 256 "
+           "(17 epochs of the 44k train split) of recovery + fine-tune per method",
+           train_epochs=100, train_lr=0.1, budget_pp=1.0, targets=(2.12, 3.0), ablation_targets=(2.12,),
+           block_counts=(), seeds=(0, 1), methods=BUDGET_METHODS, goal_target=2.12, p0=0.05, filter_steps=12,
+           step_budget=120, total_budget=3000, batch_size=256, stage_val_size=2000,
+           recipe_overrides=("recovery.final_reserve=0.4",)),
+    # The 2-core CPU version: REDUCED (8,000 training images, dense 10 epochs, one seed, budget mode only, three
+    # contenders); 5 epochs of its train split of recovery + fine-tune (320 steps x 128). About 1-2 h in the
+    # background on 2 shared cores; resumable (every job cached).
+    Preset("budget-fashion-resnet20-reduced", "fashion-mnist", "resnet20",
+           "REDUCED CPU run of budget mode at 1 pp: ResNet-20 on 8,000 Fashion-MNIST training images, dense 10 "
+           "epochs, one seed, IDAP++ vs Torch-Pruning L1 and Taylor, 320 optimizer steps of batch 128 (5 epochs of "
+           "the reduced train split) of recovery + fine-tune per method; read it as a smoke test of the mode",
+           train_epochs=10, train_limit=8000, test_limit=2000, budget_pp=1.0, targets=(), ablation_targets=(),
+           block_counts=(), seeds=(0,), methods=("idap++", "tp-l1", "tp-taylor"), p0=0.05, filter_steps=8,
+           step_budget=20, total_budget=320, calibration_size=512, validation_size=2000, stage_val_size=1000,
+           speed_rounds=3, speed_repeats=20, recipe_overrides=("recovery.final_reserve=0.4",)),
     Preset("digits-smoke", "digits", "resnet20",
            "CI miniature on scikit-learn digits (8x8): every method, one target, one seed, a handful of steps",
            train_epochs=15, train_batch=64, targets=(2.0,), ablation_targets=(2.0,), block_counts=(2,),

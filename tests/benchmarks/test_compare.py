@@ -152,3 +152,45 @@ def test_smoke_comparison_end_to_end(tmp_path):
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stderr.count(": cached") == len(payload["runs"]) + 1  # dense and every run resumed from the cache
+
+
+def test_budget_mode_plans_one_budget_job_per_contender_and_seed():
+    preset = PRESETS["budget-fashion-resnet56"]
+    jobs = plan_jobs(preset)
+    budget = [j for j in jobs if j.budget is not None]
+    assert {j.method for j in budget} == {"idap++", "idap++-stage1", "tp-l1", "tp-taylor", "tp-fpgm", "tp-lamp"}
+    assert len(budget) == len(preset.seeds) * 6 and all(j.target is None and j.budget == 1.0 for j in budget)
+    assert {j.key for j in budget if j.method == "tp-l1"} == {"tp-l1/1ppbudget/seed0", "tp-l1/1ppbudget/seed1"}
+    assert {j.target for j in jobs if j.method == "tp-l1" and j.budget is None} == {3.0, 4.0}  # equal MACs too
+    # at least 5 epochs of recovery + fine-tune, the same for every method
+    train = 60000 - preset.validation_size - preset.calibration_size
+    assert preset.total_budget * preset.batch_size >= 5 * train
+    reduced = PRESETS["budget-fashion-resnet20-reduced"]
+    assert "REDUCED" in reduced.note and reduced.total_budget * reduced.batch_size >= 5 * reduced.train_limit
+
+
+def test_budget_mode_recipe_has_no_target_and_the_budget_on():
+    base = base_recipe(PRESETS["budget-fashion-resnet56"], seed=0, device="cpu")
+    assert base.max_accuracy_drop == 100.0  # equal-MACs jobs: budget off
+    r = METHODS["idap++"].recipe(base, budget=1.0)
+    assert r.target_macs_reduction is None and r.max_accuracy_drop == 1.0
+    assert r.layer.enabled and r.layer.epsilon == 0.5  # stage 2 under its epsilon rule
+    tp = METHODS["tp-taylor"].recipe(base, budget=1.0)
+    assert not tp.layer.enabled and tp.max_accuracy_drop == 1.0 and tp.recovery == r.recovery
+
+
+def test_budget_goals_compare_macs_and_speed_within_the_budget():
+    from benchmarks.summarize import budget_goals
+
+    def run(method, macs, speed, seed=0):
+        return {**_run(method, 90.0, target=None, seed=seed, speedup=speed, macs_reduction=macs, val=89.5),
+                "key": Job(method, seed, budget=1.0).key, "budget": 1.0, "reached_target": None}
+
+    rows = aggregate([run("idap++", 3.0, 2.5), run("idap++", 3.2, 2.7, seed=1), run("tp-l1", 2.0, 1.8),
+                      run("tp-taylor", 3.5, 2.0)])
+    verdicts = budget_goals(rows, {"val_acc": 90.0, "test_acc": 90.0}, 1.0)
+    status = {v["goal"].split("IDAP++ ")[-1].split(" above")[0]: v["status"] for v in verdicts}
+    assert status["MACs reduction"] == "not met"  # Taylor reached 3.5x > 3.1x
+    assert status["measured batch-1 speed-up"] == "met"
+    assert verdicts[-1]["status"] == "met"  # every validation drop 0.5 pp <= 1 pp
+    assert budget_goals(rows, {"val_acc": 90.0}, None) == []

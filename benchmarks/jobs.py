@@ -1,0 +1,247 @@
+"""The jobs of a comparison: what one (method, point, seed) run is, its recipe, the dense model it starts
+from, and running it with its result cached under the work folder (``benchmarks.compare`` drives them)."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from benchmarks.methods import CONTROL, METHODS
+from benchmarks.presets import Preset
+from idap.bundle import load_bundle, save_bundle
+from idap.cli import log
+from idap.compress import compress
+from idap.config import Recipe
+from idap.data import DataSplits
+from idap.metrics import cpu_name
+from idap.models import create_model
+from idap.recovery import recover, train
+from idap.report import evaluate_model
+from idap.state import LANDING_TOLERANCE, SEED_FINAL, StepRecord
+
+BUDGET_FAMILIES = ("idap", "torch-pruning")  # who runs in budget mode
+# Bump when the way a job is run changes, so that cached results of the old procedure are not reused.
+PROCEDURE = {"version": 3, "stage2": f"idap.compress: blocks within target x {1 + LANDING_TOLERANCE}, stage 1 tops up"}
+
+
+@dataclass(frozen=True)
+class Job:
+    """One (method, point on its axis, seed) run."""
+
+    method: str
+    seed: int
+    target: float | None = None
+    blocks: int | None = None
+    budget: float | None = None  # budget mode: no target, this validation-accuracy budget (pp)
+
+    @property
+    def point(self) -> str:
+        if self.budget is not None:
+            return f"{self.budget:g}pp budget"
+        if self.target is not None:
+            return f"{self.target:g}x"
+        return f"{self.blocks} blocks" if self.blocks is not None else "-"
+
+    @property
+    def key(self) -> str:
+        parts = [self.method, self.point.replace(" ", "")] if self.point != "-" else [self.method]
+        return "/".join([*parts, f"seed{self.seed}"])
+
+
+def plan_jobs(preset: Preset) -> list[Job]:
+    """Every run of the preset, seed by seed, so a stopped run already holds complete seeds."""
+    names = list(preset.methods) + ([CONTROL] if CONTROL not in preset.methods else [])
+    ablation_targets = [t for t in preset.targets if t in preset.ablation_targets] or list(preset.targets)
+    # budget mode runs the contenders, not the ablations (they are decided at equal MACs)
+    jobs = []
+    for seed in preset.seeds:
+        for name in names:
+            m = METHODS[name]
+            if m.axis == "control":
+                jobs.append(Job(name, seed))
+            elif m.axis == "blocks":
+                jobs += [Job(name, seed, blocks=n) for n in preset.block_counts]
+            else:
+                targets = ablation_targets if m.family == "ablation" else preset.targets
+                if preset.budget_pp is not None and m.family in BUDGET_FAMILIES:
+                    jobs.append(Job(name, seed, budget=preset.budget_pp))
+                jobs += [Job(name, seed, target=t) for t in targets]
+    return jobs
+
+
+def base_recipe(preset: Preset, seed: int, device: str) -> Recipe:
+    """What every method shares; the accuracy budget is off (100 pp) so every method reaches its target."""
+    return Recipe.from_dict({
+        "seed": seed, "max_accuracy_drop": 100.0, "calibration_size": preset.calibration_size,
+        "validation_size": preset.validation_size, "eval_batch_size": preset.eval_batch, "device": device,
+        # IDAP++ as benchmarked: ranked per MAC, the dense model as per-step teacher (they won or tied on the
+        # ResNets); the library keeps the spec's choices as defaults, ablated as idap++-score-ranking and
+        # idap++-previous-teacher. Torch-Pruning's criteria set their own ranking.
+        "filter": {"p0": preset.p0, "steps": preset.filter_steps, "alpha": preset.alpha, "ranking": "score_per_mac"},
+        "layer": {"target_share": preset.target_share, "epsilon": 100.0, "max_removals": preset.max_blocks},
+        "recovery": {"step_budget": preset.step_budget, "final_budget": preset.total_budget,
+                     "batch_size": preset.batch_size, "teacher": "dense"},
+    }).with_overrides(list(preset.recipe_overrides))  # fmt: skip
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def input_shape(data: DataSplits) -> tuple[int, int, int]:
+    return (data.in_channels, data.image_size, data.image_size)
+
+
+# ---- the dense model -------------------------------------------------------------------------------
+def dense_settings(preset: Preset) -> dict:
+    return {k: getattr(preset, k) for k in ("dataset", "model", "train_epochs", "train_lr", "train_batch",
+                                            "train_limit", "test_limit", "data_seed", "calibration_size",
+                                            "validation_size")}
+
+
+def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.device) -> tuple[nn.Module, dict]:
+    """The trained dense model, from the cache when its settings match, else trained now and cached."""
+    settings = dense_settings(preset)
+    directory = work / "dense" / f"{preset.model}-{digest(settings)}"
+    info = read_json(directory / "dense.json")
+    if info is not None and (directory / "model").is_dir():
+        log(f"dense {preset.model}: cached in {directory} (test {info['test_acc']:.2f}%)")
+        return load_bundle(directory / "model"), info
+    steps_per_epoch = -(-len(data.train_x) // preset.train_batch)
+    log(f"dense {preset.model}: training {preset.train_epochs} epochs x {steps_per_epoch} steps on "
+        f"{len(data.train_x)} samples")
+    torch.manual_seed(preset.data_seed)
+    model = create_model(preset.model, data.num_classes, data.in_channels, data.image_size)
+    started = time.perf_counter()
+
+    def on_epoch(epoch: int) -> None:
+        spent = time.perf_counter() - started
+        log(f"  dense epoch {epoch}/{preset.train_epochs}: {spent:.0f}s "
+            f"(~{spent / epoch * (preset.train_epochs - epoch):.0f}s left)")
+
+    train(model, data.train_x, data.train_y, epochs=preset.train_epochs, batch_size=preset.train_batch,
+          lr=preset.train_lr, seed=preset.data_seed, device=device, on_epoch=on_epoch)
+    seconds = time.perf_counter() - started
+    info = {**evaluate_model(model, data, batch_size=preset.eval_batch, device=device), "settings": settings,
+            "train_steps": round(preset.train_epochs * steps_per_epoch), "train_seconds": round(seconds, 1),
+            "trained_on": where(device),
+            "digest": digest(settings)}
+    model = model.cpu().eval()
+    save_bundle(model, directory / "model", input_shape=input_shape(data), recipe={"train": settings},
+                metadata={"metrics": info})
+    write_json(directory / "dense.json", info)
+    log(f"dense {preset.model}: val {info['val_acc']:.2f}% test {info['test_acc']:.2f}% in {seconds:.0f}s")
+    return model, info
+
+
+# ---- one run -----------------------------------------------------------------------------------------
+def compress_equal_budget(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budget: int, *,
+                          dense_val_acc: float, on_step) -> tuple[nn.Module, list[StepRecord], int, Recipe]:
+    """idap.compress.compress with ``recovery.total_budget``: the final fine-tune takes what recovery left.
+
+    With a MACs target, idap's stage 2 skips blocks that would overshoot it and stage 1 tops up the gap, so
+    every method is compared at the same MACs. Returns the model, its trajectory, the recovery steps spent
+    before the final fine-tune, and the recipe with the final budget actually used.
+    """
+    recipe = recipe.with_overrides({"recovery.total_budget": total_budget})
+    result = compress(dense, data, recipe, on_step=on_step, dense_val_acc=dense_val_acc)
+    used = sum(rec.recovery_steps for rec in result.steps if rec.stage != "finetune")
+    final_recipe = recipe.with_overrides({"recovery.final_budget": max(0, total_budget - used)})
+    return result.model, result.steps, used, final_recipe
+
+
+def train_control(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budget: int,
+                  device: torch.device) -> nn.Module:
+    """The dense model trained for the methods' total budget with plain CE (same optimizer, lr, batches)."""
+    model = copy.deepcopy(dense)
+    recover(model, None, data.train_x, data.train_y, steps=total_budget, config=recipe.recovery,
+            seed=recipe.seed + SEED_FINAL, device=device, lr=recipe.recovery.final_lr, schedule="cosine")
+    return model
+
+
+def run_job(job: Job, preset: Preset, *, dense: nn.Module, dense_info: dict, data: DataSplits,
+            stage_data: DataSplits, dense_stage_acc: float, device: torch.device, device_name: str,
+            work: Path) -> dict:
+    """Run one job, or return its cached result when nothing it depends on changed."""
+    method = METHODS[job.method]
+    recipe = method.recipe(base_recipe(preset, job.seed, device_name), target=job.target, blocks=job.blocks,
+                           budget=job.budget)
+    key = digest({"recipe": {k: v for k, v in recipe.to_dict().items() if k != "device"},
+                  "dense": dense_info["digest"], "total_budget": preset.total_budget,
+                  "stage_val_size": preset.stage_val_size, "method": job.method,
+                  **({"procedure": PROCEDURE} if recipe.layer.enabled and recipe.filter.enabled else {})})
+    directory = work / preset.name / job.key
+    cached = read_json(directory / "result.json")
+    if cached is not None and cached.get("cache_key") == key and (directory / "model").is_dir():
+        log(f"{job.key}: cached")
+        return cached
+
+    def on_step(rec: StepRecord) -> None:
+        what = rec.removed.get("block") or sum(rec.removed.get("channels", {}).values()) or ""
+        log(f"  {job.key} [{rec.stage} {rec.index}] {rec.action} MACs={rec.macs:,} "
+            f"({dense_info['macs'] / max(1, rec.macs):.2f}x) val@{preset.stage_val_size}={rec.val_acc:.2f} "
+            f"{what} {rec.note} ({rec.seconds:.1f}s)".rstrip())
+
+    log(f"{job.key}: start")
+    started = time.perf_counter()
+    if method.axis == "control":
+        model, trajectory, used = train_control(dense, data, recipe, preset.total_budget, device), [], 0
+        final_recipe = recipe
+        final = preset.total_budget
+    else:
+        model, records, used, final_recipe = compress_equal_budget(
+            dense, stage_data, recipe, preset.total_budget, dense_val_acc=dense_stage_acc, on_step=on_step)
+        trajectory = [r.to_json() for r in records]
+        final = final_recipe.recovery.final_budget
+    seconds = time.perf_counter() - started
+    evaluated = time.perf_counter()
+    metrics = evaluate_model(model.eval(), data, batch_size=preset.eval_batch, device=device)
+    model = model.cpu().eval()
+    removed = [n for n, m in model.named_modules() if isinstance(m, nn.Identity)
+               and not isinstance(dict(dense.named_modules()).get(n), nn.Identity)]
+    result = {
+        "key": job.key, "method": job.method, "axis": method.axis, "target": job.target, "blocks": job.blocks,
+        "budget": job.budget,
+        "seed": job.seed, **metrics,
+        "macs_reduction": dense_info["macs"] / max(1, metrics["macs"]),
+        "params_reduction": dense_info["params"] / max(1, metrics["params"]),
+        "reached_target": None if job.target is None else dense_info["macs"] / max(1, metrics["macs"]) >= job.target,
+        "blocks_removed": removed, "recovery_steps": used, "finetune_steps": final, "total_steps": used + final,
+        "compress_seconds": round(seconds, 1), "eval_seconds": round(time.perf_counter() - evaluated, 1),
+        "compressed_on": where(device),
+        "trajectory": trajectory, "recipe": final_recipe.to_dict(), "cache_key": key,
+    }
+    save_bundle(model, directory / "model", input_shape=input_shape(data), recipe=final_recipe.to_dict(),
+                metadata={"benchmark": {k: v for k, v in result.items() if k not in ("trajectory", "recipe")}})
+    write_json(directory / "result.json", result)
+    log(f"{job.key}: test {metrics['test_acc']:.2f}% val {metrics['val_acc']:.2f}% at "
+        f"{result['macs_reduction']:.2f}x fewer MACs, {used}+{final} steps, {seconds:.0f}s")
+    return result
+
+
+def where(device: torch.device) -> str:
+    """One line naming the hardware a job ran on (results may be computed on one machine and timed on another)."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    return f"{name}, host {cpu_name()} ({os.cpu_count()} cores), torch {torch.__version__}"
