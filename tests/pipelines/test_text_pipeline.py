@@ -43,7 +43,7 @@ def run(tmp_path_factory):
         [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "compress", "--recipe", str(root / "recipe.yaml"),
          "--param", f"dataset={spec}", "--param", f"base_model_uri={root / 'dense'}", "--param", "measure_latency=false",
          "--param", f"registered_name={NAME}", "--param", "run_name=text-e2e"],
-        env=env, capture_output=True, text=True, timeout=900)
+        env=env, capture_output=True, text=True, timeout=1800)  # 8 min on the shared 2 cores, 16+ under load
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
     printed = dict(re.findall(r"^([a-z][A-Za-z ()]+): (.+)$", proc.stdout, flags=re.M))
     pipeline_root = Path(printed["all step outputs"])
