@@ -189,18 +189,23 @@ class StepConsole:
 
     def live_line(self) -> str:
         """The running step's status as the terminal shows it (no control characters)."""
+        width = self._width()
         elapsed = time.monotonic() - self.started
         parts = [f"{self._counter()} {self.step:<17} running {elapsed:5.0f}s"]
         if self.stage_steps:
             parts.append(f"step {self.stage_steps[0]}/{self.stage_steps[1]}")
         if self.progress:
             desc, n, total = self.progress
-            filled = int(BAR_WIDTH * min(n, total) / max(1, total))
-            parts.append(f"{desc + ' ' if desc else ''}|{'#' * filled}{'.' * (BAR_WIDTH - filled)}| {n}/{total}")
+            label, counts = f"{desc} " if desc else "", f"| {n}/{total}"
+            # the bar narrows before the counts would be cut off on a narrow terminal
+            room = width - sum(len(p) + 2 for p in parts) - len(label) - len(counts) - 1
+            bar = max(5, min(BAR_WIDTH, room))
+            filled = int(bar * min(n, total) / max(1, total))
+            parts.append(f"{label}|{'#' * filled}{'.' * (bar - filled)}{counts}")
         last = next((r for r in reversed(self._records) if r["action"] != "dense"), None)
         if last:
             parts.append(f"val {last['val_acc']:.2f}% MACs {last['macs']:,}")
-        return "  ".join(parts)[:self._width()]
+        return "  ".join(parts)[:width]
 
     def _width(self) -> int:
         with contextlib.suppress(OSError, ValueError, AttributeError):

@@ -173,3 +173,14 @@ def test_real_tqdm_through_kfps_subprocess_reader(tmp_path, monkeypatch):
     assert visible(drawn) == [visible(drawn)[0]] and visible(drawn)[0].startswith("[1/1] finetune          ok")
     assert "MACs 99, params 9, val 80.00%" in visible(drawn)[0]
     assert (tmp_path / "run.log").read_text().count("final fine-tune:") >= 10  # redraws became lines
+
+
+def test_on_a_narrow_terminal_the_bar_narrows_and_the_counts_stay(tmp_path, monkeypatch):
+    console = StepConsole(tmp_path / "run.log", total_steps=8, out=Terminal())
+    monkeypatch.setattr(console, "_width", lambda: 80)
+    console._start("prune-filters")
+    console.stage_steps, console.progress = (3, 5), ("recovery", 12, 25)
+    line = console.live_line()
+    assert len(line) <= 80 and "step 3/5  recovery |" in line and line.endswith("| 12/25"), line
+    console.progress = ("train", 48, 188)
+    assert console.live_line().endswith("| 48/188") and "|#" in console.live_line()
