@@ -40,10 +40,12 @@ from benchmarks.plan import ROOT, machine_info, make_plan, print_plan, probe_ste
 from benchmarks.presets import PRESETS, SMOKE, Preset, get_preset
 from benchmarks.summarize import write_results
 from benchmarks.workers import run_worker_jobs, run_workers
-from idap.bundle import BundleError, export_onnx, load_bundle
+from idap.bundle import load_bundle
+from idap.bundle_format import BundleError
 from idap.cli import log
 from idap.data import load_dataset
 from idap.metrics import accuracy, resolve_device
+from idap.onnx_export import export_onnx
 from idap.speed import measure_speed
 
 # Job, base_recipe, plan_jobs and run_job are this module's public names too (tests and callers import them here).

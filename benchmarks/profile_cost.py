@@ -19,7 +19,8 @@ import torch
 
 from idap.divergence import flow_profile
 from idap.metrics import cpu_name
-from idap.models import block_candidates, create_model
+from idap.models import create_model
+from idap.prunable import block_candidates
 
 MODELS = ("resnet20", "mobilenet_v2", "vit_small")
 

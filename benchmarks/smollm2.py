@@ -49,7 +49,7 @@ def main() -> int:
     from idap.divergence import flow_profile
     from idap.lm import perplexity
     from idap.metrics import _machine, count_macs, count_params
-    from idap.models import block_candidates
+    from idap.prunable import block_candidates
     from idap.surgery import remove_block
     from idap.text_models import load_llama_gguf
 

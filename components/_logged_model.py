@@ -35,7 +35,8 @@ def check_bundle(directory: Path) -> dict:
     import torch
     from safetensors.numpy import load_file
 
-    from idap.bundle import PARITY, load_bundle, read_bundle_info, read_input_spec
+    from idap.bundle import load_bundle, read_bundle_info, read_input_spec
+    from idap.bundle_format import PARITY
 
     model = load_bundle(directory, verify=True)
     info = read_bundle_info(directory)
@@ -135,7 +136,7 @@ def _pip_requirements() -> list[str]:
 def bundle_digest(directory: str | os.PathLike) -> str:
     """sha256 over a bundle's defining files (architecture, weights, recipe, parity probe): equal digests,
     equal models. Metadata (timings) is left out, so the same model measured twice has one digest."""
-    from idap.bundle import REQUIRED_FILES
+    from idap.bundle_format import REQUIRED_FILES
 
     h = hashlib.sha256()
     for name in sorted(REQUIRED_FILES):

@@ -9,7 +9,8 @@ Example:
 """
 
 from idap.baseline import train_dense
-from idap.bundle import BundleError, export_onnx, load_bundle, save_bundle
+from idap.bundle import load_bundle, save_bundle
+from idap.bundle_format import BundleError
 from idap.checks import check_data, check_model_fits
 from idap.compress import CompressionResult, compress, run_stages, start_run
 from idap.config import ConfigError, Recipe
@@ -17,6 +18,7 @@ from idap.data import DataError, DataSplits, load_dataset
 from idap.divergence import FlowProfile, flow_profile
 from idap.importance import create_importance, list_importances
 from idap.models import ModelError, create_model, list_models, register_model
+from idap.onnx_export import export_onnx
 from idap.state import RunContext, RunState, StepRecord, within_budget
 
 __version__ = "0.1.0"

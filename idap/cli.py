@@ -19,7 +19,8 @@ import torch
 
 from idap.atomic import replace_directory, staged_directory
 from idap.baseline import train_dense
-from idap.bundle import BundleError, export_onnx, load_bundle, read_bundle_info, save_bundle
+from idap.bundle import load_bundle, read_bundle_info, save_bundle
+from idap.bundle_format import BundleError
 from idap.checkpoint import CheckpointMismatch
 from idap.checks import check_data, check_model_fits
 from idap.compress import CompressionResult, compress
@@ -27,6 +28,7 @@ from idap.config import ConfigError, Recipe
 from idap.data import DataError, fetch_dataset, input_spec, list_datasets, load_dataset, sample_shape
 from idap.metrics import resolve_device
 from idap.models import TRUST_ENV, ModelError, list_models, trust_modules
+from idap.onnx_export import export_onnx
 from idap.report import compression_report, evaluate_model
 from idap.report_files import write_report
 from idap.state import StepRecord

@@ -25,7 +25,7 @@ from idap.divergence import FlowProfile, flow_profile
 from idap.filter_stage import run_filter_stage
 from idap.importance import FlowImportance, create_importance
 from idap.layer_stage import run_layer_stage
-from idap.models import block_candidates
+from idap.prunable import block_candidates
 from idap.recovery import recover
 from idap.state import SEED_FINAL, SEED_TOPUP, STAGES, OnStep, RunContext, RunState, StepRecord
 

@@ -50,7 +50,8 @@ from torch import Tensor, nn
 
 from idap.bundle import load_bundle, read_bundle_info, save_bundle
 from idap.metrics import count_macs, count_params
-from idap.models import classifier, create_model
+from idap.models import create_model
+from idap.prunable import classifier
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ImportReport", "ModelImportError", "add_import_arguments",
            "cmd_import", "fine_tune_bundle", "import_bundle", "import_model", "read_state_dict"]

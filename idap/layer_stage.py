@@ -14,7 +14,7 @@ import time
 from torch import nn
 
 from idap.divergence import flow_profile
-from idap.models import block_candidates
+from idap.prunable import block_candidates
 from idap.state import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord, within_budget
 from idap.surgery import remove_block
 

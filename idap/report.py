@@ -217,7 +217,8 @@ def compression_report(dense: nn.Module, compressed: nn.Module, data: DataSplits
 
 def _export_pair(models: dict[str, nn.Module], shape, directory: Path, notes: list[str]) -> dict[str, Path]:
     """ONNX exports of both models for timing; on a failed export, a report warning and no ONNX timings."""
-    from idap.bundle import BundleError, export_onnx
+    from idap.bundle_format import BundleError
+    from idap.onnx_export import export_onnx
 
     try:
         return {name: export_onnx(m.cpu(), directory / f"{name}.onnx", input_shape=shape) for name, m in models.items()}

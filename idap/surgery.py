@@ -16,7 +16,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from idap.models import prune_exclusions
+from idap.prunable import prune_exclusions
 
 
 class SurgeryError(RuntimeError):

@@ -9,7 +9,7 @@ from components._artifacts import load_trajectory, recipe_from_json, recipe_para
 from components.prune_layers import prune_layers
 from idap.bundle import load_bundle
 from idap.data import load_splits
-from idap.models import block_candidates
+from idap.prunable import block_candidates
 
 
 def test_cnn_small_has_no_block_to_remove(chain):

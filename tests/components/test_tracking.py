@@ -29,7 +29,8 @@ from components import _tracking as tracking
 from components._mlflow import TrackingError
 from components._promotion import PromotionError
 from components._tracking import StepTracker
-from idap.bundle import BundleError, load_bundle, save_bundle
+from idap.bundle import load_bundle, save_bundle
+from idap.bundle_format import BundleError
 from idap.config import FilterStageConfig, Recipe
 from idap.models import create_model
 from idap.report import build_report

@@ -8,7 +8,7 @@ import torch
 
 from idap.lm import BertClassifier, LlamaLM, TextModelError, layer_shapes, perplexity
 from idap.metrics import count_macs
-from idap.models import block_candidates, prune_exclusions
+from idap.prunable import block_candidates, prune_exclusions
 from idap.surgery import (
     attention_modules,
     channel_groups,

@@ -10,7 +10,8 @@ from torch import nn
 
 from idap import models
 from idap.attention import HeadPrunableAttention
-from idap.models import ModelError, block_candidates, classifier, create_model, list_models, prune_exclusions
+from idap.models import ModelError, create_model, list_models
+from idap.prunable import block_candidates, classifier, prune_exclusions
 
 MODELS = list_models()
 NUM_CLASSES = 7

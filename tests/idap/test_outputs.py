@@ -13,7 +13,8 @@ import yaml
 from safetensors.torch import load_file
 
 import idap.cli
-from idap.bundle import BundleError, save_bundle
+from idap.bundle import save_bundle
+from idap.bundle_format import BundleError
 from idap.cli import main as idap_main
 
 RECIPE = {

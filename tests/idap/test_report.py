@@ -4,9 +4,9 @@ the console summary and the Markdown report."""
 import pytest
 import torch
 
-from idap.bundle import export_onnx
 from idap.config import Recipe
 from idap.models import create_model
+from idap.onnx_export import export_onnx
 from idap.report import build_report, stopping_limits
 from idap.report_files import render_markdown, summary_lines
 from idap.speed import measure_speed

@@ -5,7 +5,8 @@ import torch
 from torch import nn
 
 from idap.metrics import count_macs, count_params
-from idap.models import block_candidates, create_model
+from idap.models import create_model
+from idap.prunable import block_candidates
 from idap.surgery import (
     SurgeryError,
     channel_floor,

@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from idap.bundle import BundleError, load_bundle, read_input_spec, save_bundle
+from idap.bundle import load_bundle, read_input_spec, save_bundle
+from idap.bundle_format import BundleError
 from idap.cli import main
 from idap.data import DataError, load_dataset, load_splits, save_splits
 from idap.lm import TextModelError
