@@ -218,7 +218,6 @@ def _torchvision_classifier(name: str) -> Callable[..., nn.Module]:
     return factory
 
 
-
 # The architectures register themselves on import; importing them here makes every name available wherever
 # create_model is (they import register_model from this module, defined above).
 import idap.cifar_models  # noqa: E402, F401
