@@ -273,8 +273,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
     opts = idap_cli.CompressOptions.from_args(args)
     if opts.model_dir and _storage.is_s3(opts.model_dir):  # the run reads local copies; params keep the URIs
         opts = replace(opts, model_dir=str(_storage.resolve_input(opts.model_dir, settings.workdir)))
-    if _storage.is_s3(opts.dataset):
-        opts = replace(opts, dataset=str(_storage.resolve_input(opts.dataset, settings.workdir)))
+    # s3:// datasets and dataset specs whose source is on s3:// are fetched (cached by content), as in the pipeline
+    opts = replace(opts, dataset=_sources.resolve_dataset(opts.dataset, settings.workdir))
     if args.no_track:
         out, report, _ = idap_cli.run_compress(opts)
         log("\n".join(summary_lines(report)))
@@ -383,8 +383,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
                    "test_limit": args.test_limit or limit, "model_dir": args.model_dir, "model": args.model,
                    "train_epochs": args.train_epochs}
     dataset = sources["dataset"]
-    if _storage.is_s3(dataset):
-        dataset = str(_storage.resolve_input(dataset, settings.workdir))
+    dataset = _sources.resolve_dataset(dataset, settings.workdir)
     data = idap_cli.load_data(dataset, root=sources["data_root"], train_limit=sources["train_limit"],
                               test_limit=sources["test_limit"], recipe=base)
     if sources.get("model_dir"):
