@@ -102,7 +102,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            step_budget=10, total_budget=200, calibration_size=512, stage_val_size=500, speed_rounds=5,
            speed_repeats=20),
     # Torch-Pruning's published CIFAR-10 table, the setting every structured-pruning paper reports. Our CIFAR-10
-    # is the JPEG copy in ../shared/datasets (idap.streaming.cifar10_arrays), so absolute accuracies are close to,
+    # is the JPEG copy in ../shared/datasets (idap.cifar10.cifar10_arrays), so absolute accuracies are close to,
     # not strictly comparable with, the published ones: compare drops at equal MACs. Sized for a GPU; on a CPU run
     # it with a short schedule only, and say so.
     Preset("cifar10-resnet56", "cifar10", "resnet56",

@@ -103,8 +103,11 @@ def compress_pipeline(
 
     Args:
         model_name: a registered architecture (``idap.list_models()``), trained for ``train_epochs`` unless
-            ``base_model_uri`` (a bundle directory or s3:// URI) gives the dense baseline.
-        dataset: a builtin dataset, a path or an s3:// URI (.npz or ImageFolder).
+            ``base_model_uri`` (a bundle directory, an s3:// URI or ``models:/NAME/VERSION|@ALIAS``) gives
+            the dense baseline.
+        dataset: a builtin dataset, a path or an s3:// URI (.npz, an image folder or archive, class folders of
+            .txt for a text bundle), or a dataset spec (.yaml / .json, local or s3://, whose ``source`` may be
+            on s3://): image folders stream between the steps as a reference, never as pixels.
         recipe_json: the recipe as JSON ("" = defaults). ``seed``, ``max_accuracy_drop`` and the targets
             override its fields; a negative value keeps the recipe's, a target of 0 means none.
         registered_name: MLflow registered model ("" = idap-<model_name>-<dataset>).
