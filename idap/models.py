@@ -30,7 +30,6 @@ import os
 from collections.abc import Callable, Iterable, Mapping
 
 from torch import nn
-from torchvision import models as tvm
 
 from idap.lm import bert_classifier, llama_lm
 
@@ -204,6 +203,8 @@ def _torchvision_classifier(name: str) -> Callable[..., nn.Module]:
     Library code, not a file's: such names need no trust. Only classification builders are accepted.
     """
     builder_name = name[len(TORCHVISION_PREFIX):]
+    from torchvision import models as tvm
+
     available = tvm.list_models(module=tvm)
     if builder_name not in available:
         raise ModelError(f"unknown torchvision classification model {name!r}; valid: "

@@ -7,13 +7,10 @@ registry (``idap.models``) builds, and on torchvision's and ``idap.lm``'s blocks
 
 from __future__ import annotations
 
+import sys
+from types import SimpleNamespace
+
 from torch import nn
-from torchvision.models.convnext import CNBlock
-from torchvision.models.efficientnet import FusedMBConv, MBConv
-from torchvision.models.mobilenetv2 import InvertedResidual
-from torchvision.models.resnet import BasicBlock as TVBasicBlock
-from torchvision.models.resnet import Bottleneck as TVBottleneck
-from torchvision.models.vision_transformer import EncoderBlock, MLPBlock, VisionTransformer
 
 from idap.attention import HeadPrunableAttention
 from idap.cifar_models import BasicBlock
@@ -22,13 +19,30 @@ from idap.models import ModelError
 __all__ = ["block_candidates", "classifier", "prune_exclusions"]
 
 
-def _is_block_candidate(module: nn.Module) -> bool:
-    if isinstance(module, (BasicBlock, TVBasicBlock, TVBottleneck)):
+def _tv() -> SimpleNamespace:
+    """torchvision's block classes, or empty tuples while torchvision is not loaded: no model can hold an
+    instance of a class whose module was never imported, and importing torchvision costs every pipeline
+    step seconds of start-up it does not need for the models that do not use it."""
+    if "torchvision.models" not in sys.modules:
+        return SimpleNamespace(resnet=(), inverted=(), blocks=(), vit=(), mlp=())
+    from torchvision.models.convnext import CNBlock
+    from torchvision.models.efficientnet import FusedMBConv, MBConv
+    from torchvision.models.mobilenetv2 import InvertedResidual
+    from torchvision.models.resnet import BasicBlock as TVBasicBlock
+    from torchvision.models.resnet import Bottleneck as TVBottleneck
+    from torchvision.models.vision_transformer import EncoderBlock, MLPBlock, VisionTransformer
+
+    return SimpleNamespace(resnet=(TVBasicBlock, TVBottleneck), inverted=(InvertedResidual, MBConv, FusedMBConv),
+                           blocks=(CNBlock, EncoderBlock), vit=(VisionTransformer,), mlp=(MLPBlock,))
+
+
+def _is_block_candidate(module: nn.Module, tv: SimpleNamespace) -> bool:
+    if isinstance(module, (BasicBlock, *tv.resnet)):
         return module.downsample is None and module.stride == 1
-    if isinstance(module, (InvertedResidual, MBConv, FusedMBConv)):
+    if isinstance(module, tv.inverted):
         return bool(module.use_res_connect)
     # idap.lm's encoder/decoder layers declare themselves (idap_block)
-    return isinstance(module, (CNBlock, EncoderBlock)) or getattr(module, "idap_block", False) is True
+    return isinstance(module, tv.blocks) or getattr(module, "idap_block", False) is True
 
 
 def block_candidates(model: nn.Module) -> list[str]:
@@ -37,7 +51,8 @@ def block_candidates(model: nn.Module) -> list[str]:
     Residual blocks without a downsample (stride 1, equal width), skip-connected inverted residuals and
     MBConvs, ConvNeXt blocks and ViT encoder blocks; never the stem, a downsampling block or the head.
     """
-    return [name for name, module in model.named_modules() if name and _is_block_candidate(module)]
+    tv = _tv()
+    return [name for name, module in model.named_modules() if name and _is_block_candidate(module, tv)]
 
 
 def classifier(model: nn.Module) -> nn.Module:
@@ -56,13 +71,14 @@ def prune_exclusions(model: nn.Module) -> list[nn.Module]:
     the residual stream). Pass it as ``ignored_layers`` when asking a dependency graph for groups.
     """
     excluded: list[nn.Module] = []
+    tv = _tv()
     for module in model.modules():
-        if isinstance(module, VisionTransformer):
+        if isinstance(module, tv.vit):
             excluded.append(module.conv_proj)
         elif isinstance(module, (HeadPrunableAttention, nn.MultiheadAttention)):
             # The module and its projections: a dependency graph would otherwise couple them per channel.
             excluded.extend(module.modules())
-        elif isinstance(module, MLPBlock):
+        elif isinstance(module, tv.mlp):
             excluded.append([m for m in module if isinstance(m, nn.Linear)][-1])
         elif callable(getattr(module, "residual_writers", None)):  # idap.lm layers: the FFN's output linear
             excluded.extend(module.residual_writers())

@@ -11,13 +11,20 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torchvision import models as tvm
 
 from idap.attention import HeadPrunableAttention
 from idap.models import ModelError, register_model
 from idap.stems import drop_pools, is_small, new_conv, stem
 
 __all__: list[str] = []  # the architectures are reached by name through idap.models.create_model
+
+
+def _tvm():
+    """torchvision.models, imported when an architecture is built (seconds of start-up otherwise spent by
+    every process that only loads a CIFAR model)."""
+    from torchvision import models
+
+    return models
 
 
 # --- torchvision networks, stems adapted -----------------------------------------------------------
@@ -35,12 +42,12 @@ def _torchvision_resnet(
 
 @register_model("resnet18")
 def resnet18(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    return _torchvision_resnet(tvm.resnet18, num_classes, in_channels, image_size, **kwargs)
+    return _torchvision_resnet(_tvm().resnet18, num_classes, in_channels, image_size, **kwargs)
 
 
 @register_model("resnet50")
 def resnet50(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    return _torchvision_resnet(tvm.resnet50, num_classes, in_channels, image_size, **kwargs)
+    return _torchvision_resnet(_tvm().resnet50, num_classes, in_channels, image_size, **kwargs)
 
 
 def _torchvision_vgg(
@@ -79,31 +86,31 @@ def _torchvision_vgg(
 
 @register_model("vgg11_bn")
 def vgg11_bn(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    return _torchvision_vgg(tvm.vgg11_bn, num_classes, in_channels, image_size, **kwargs)
+    return _torchvision_vgg(_tvm().vgg11_bn, num_classes, in_channels, image_size, **kwargs)
 
 
 @register_model("vgg16_bn")
 def vgg16_bn(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    return _torchvision_vgg(tvm.vgg16_bn, num_classes, in_channels, image_size, **kwargs)
+    return _torchvision_vgg(_tvm().vgg16_bn, num_classes, in_channels, image_size, **kwargs)
 
 
 @register_model("mobilenet_v2")
 def mobilenet_v2(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    model = tvm.mobilenet_v2(weights=None, num_classes=num_classes, **kwargs)
+    model = _tvm().mobilenet_v2(weights=None, num_classes=num_classes, **kwargs)
     model.features[0][0] = stem(model.features[0][0], in_channels, image_size)
     return model
 
 
 @register_model("efficientnet_b0")
 def efficientnet_b0(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    model = tvm.efficientnet_b0(weights=None, num_classes=num_classes, **kwargs)
+    model = _tvm().efficientnet_b0(weights=None, num_classes=num_classes, **kwargs)
     model.features[0][0] = stem(model.features[0][0], in_channels, image_size)
     return model
 
 
 @register_model("densenet121")
 def densenet121(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    model = tvm.densenet121(weights=None, num_classes=num_classes, **kwargs)
+    model = _tvm().densenet121(weights=None, num_classes=num_classes, **kwargs)
     model.features.conv0 = stem(model.features.conv0, in_channels, image_size)
     size = image_size
     if is_small(image_size):
@@ -118,7 +125,7 @@ def densenet121(num_classes: int, in_channels: int, image_size: int, **kwargs) -
 
 @register_model("convnext_tiny")
 def convnext_tiny(num_classes: int, in_channels: int, image_size: int, **kwargs) -> nn.Module:
-    model = tvm.convnext_tiny(weights=None, num_classes=num_classes, **kwargs)
+    model = _tvm().convnext_tiny(weights=None, num_classes=num_classes, **kwargs)
     # Patchify stem of stride 4, 2 or 1: the largest that leaves >= 8x8 for the three 2x downsamples.
     stride = next((s for s in (4, 2) if image_size // s >= 8), 1)
     kernel, padding = (stride, 0) if stride > 1 else (3, 1)
@@ -166,7 +173,7 @@ def vit_small(
     patch = _vit_patch(image_size) if patch_size is None else patch_size
     if patch < 1 or image_size % patch:
         raise ModelError(f"vit_small patch_size must divide image_size {image_size}, got {patch}")
-    model = tvm.VisionTransformer(
+    model = _tvm().VisionTransformer(
         image_size=image_size, patch_size=patch, num_layers=num_layers, num_heads=num_heads,
         hidden_dim=hidden_dim, mlp_dim=mlp_dim, dropout=dropout, attention_dropout=attention_dropout,
         num_classes=num_classes,

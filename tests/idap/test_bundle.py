@@ -227,7 +227,11 @@ def test_bundles_load_in_a_fresh_process(tmp_path):
         from idap.bundle import load_bundle
         def forbidden(*a, **k):
             raise AssertionError("pickle used")
-        pickle.load = pickle.loads = pickle.Unpickler = torch.load = forbidden
+        class ForbiddenUnpickler(pickle.Unpickler):  # a class, so modules imported later may still subclass it
+            def __init__(self, *a, **k):
+                forbidden()
+        pickle.load = pickle.loads = torch.load = forbidden
+        pickle.Unpickler = ForbiddenUnpickler
         root = {str(tmp_path)!r}
         probe = load_file(root + "/probe.safetensors")["probe"]
         outputs = {{}}
