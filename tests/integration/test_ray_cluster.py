@@ -246,8 +246,9 @@ def test_idap_tune_address_runs_the_trials_on_the_cluster(cluster, edge_env, den
                  "--search-space", str(edge_env / "space.yaml"), "--no-latency", "--max-concurrent", "2",
                  "--address", cluster.client, "--storage", f"s3://{moto_s3.bucket}/tune-address",
                  "--experiment-dir", str(exp), "--quiet"])
-    printed = json.loads(capsys.readouterr().out)
-    assert code == 0
+    captured = capsys.readouterr()
+    assert code == 0, captured.err[-3000:]
+    printed = json.loads(captured.out)
     assert printed["trials"] == {"complete": 2, "stopped": 0, "failed": 0}
     trials = json.loads((exp / "results" / "pareto.json").read_text())["trials"]
     nodes = {t["node_id"] for t in trials}
