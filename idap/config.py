@@ -86,8 +86,8 @@ class FilterStageConfig:
     # (no rounding). 8 is the default: ONNX Runtime's NCHWc layout (its fast conv path on AVX2 CPUs) needs
     # widths in multiples of 8; other widths fall back to plain convs with reorders around them, and
     # depthwise convs with odd groups run one group at a time. Measured (benchmarks/onnx_widths.py,
-    # benchmarks/results/onnx-widths/, 1 thread, batch 1): MobileNetV2 with ~63 % of its widths ran 2x
-    # SLOWER than dense in ONNX Runtime with odd widths, 2x faster rounded to 8. Use 16 on AVX-512 machines.
+    # benchmarks/results/onnx-widths/, 1 thread, batch 1): MobileNetV2 pruned to 2x fewer MACs ran 0.96x
+    # dense in ONNX Runtime with odd widths, 2.11x rounded to 8 (ResNet-20: 0.97x vs 1.54x). Use 16 on AVX-512.
     round_to: int = 8
     # Halvings of the step size a rollback may spend before stage 1 ends (NNCF's adaptive compression level):
     # a step that breaks the budget is retried at half the size, which later steps keep. 0 = the spec (the
