@@ -32,6 +32,9 @@ from idap.surgery import (
     prune_heads,
 )
 
+# A landing step whose rounded widths overshoot the MACs target by more than this lands unrounded (_capped).
+ROUNDING_OVERSHOOT = 0.05
+
 
 class _ChannelPlan:
     """A step's channel removals in global rank order, and how to round a prefix of them to ``round_to``."""
@@ -151,7 +154,11 @@ def _apply(model: nn.Module, ctx: RunContext, channel_picks, head_picks) -> dict
 
 def _capped(model: nn.Module, ctx: RunContext, plan: _ChannelPlan, head_picks, macs_target: float | None):
     """The shortest prefix of the ranked picks that reaches the target (binary search), or all of them; the
-    channel picks rounded to ``filter.round_to`` (a prefix is judged after rounding, which is monotone)."""
+    channel picks rounded to ``filter.round_to`` (a prefix is judged after rounding, which is monotone).
+
+    The target is the contract, rounding a preference: when rounding makes the landing overshoot a MACs
+    target by more than ROUNDING_OVERSHOOT (narrow layers round in large jumps), the landing step is cut
+    unrounded instead, so equal-MACs comparisons stay at equal MACs."""
     channel_picks = plan.rounded(plan.picks)
     if macs_target is None and ctx.recipe.target_macs_reduction is None and ctx.recipe.target_params_reduction is None:
         return channel_picks, head_picks
@@ -159,17 +166,29 @@ def _capped(model: nn.Module, ctx: RunContext, plan: _ChannelPlan, head_picks, m
         return channel_picks, head_picks
     picks = [("c", p) for p in plan.picks] + [("h", p) for p in head_picks]
 
-    def split(n):
-        return plan.rounded([p for kind, p in picks[:n] if kind == "c"]), [p for kind, p in picks[:n] if kind == "h"]
+    def split(n, rounding=True):
+        chans = [p for kind, p in picks[:n] if kind == "c"]
+        return plan.rounded(chans) if rounding else chans, [p for kind, p in picks[:n] if kind == "h"]
 
-    lo, hi = 1, len(picks)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if ctx.target_reached(_pruned_copy(model, ctx, *split(mid)), macs_target):
-            hi = mid
-        else:
-            lo = mid + 1
-    return split(lo)
+    def landing(rounding):
+        lo, hi = 1, len(picks)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if ctx.target_reached(_pruned_copy(model, ctx, *split(mid, rounding)), macs_target):
+                hi = mid
+            else:
+                lo = mid + 1
+        return split(lo, rounding)
+
+    rounded = landing(True)
+    target = macs_target if macs_target is not None else ctx.recipe.target_macs_reduction
+    if plan.round_to <= 1 or target is None:
+        return rounded
+    if ctx.macs_reduction(_pruned_copy(model, ctx, *rounded)) <= target * (1 + ROUNDING_OVERSHOOT):
+        return rounded
+    if not ctx.target_reached(_pruned_copy(model, ctx, *split(len(picks), False)), macs_target):
+        return rounded  # unrounded, the step would stop short of the target: keep the rounded landing
+    return landing(False)
 
 
 def _probe(model: nn.Module, ctx: RunContext) -> None:

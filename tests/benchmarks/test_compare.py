@@ -113,7 +113,8 @@ def test_smoke_comparison_end_to_end(tmp_path):
     assert jobs.returncode == 0, jobs.stderr[-3000:]
     assert "starting 2 worker processes" in jobs.stderr and "timing skipped" in jobs.stderr
     assert not (out / f"{SMOKE}.png").exists() and not list(work.rglob(".claim"))
-    started = [line.split("]", 1)[1].split(":")[0].strip() for line in jobs.stderr.splitlines() if line.endswith(": start")]
+    started = [line.rsplit(": start", 1)[0].rsplit("] ", 1)[-1].strip() for line in jobs.stderr.splitlines()
+               if line.endswith(": start")]
     assert sorted(started) == sorted(j.key for j in plan_jobs(PRESETS[SMOKE]))  # each job ran once, by one worker
     # ... then only the timing, here: every job comes from the cache
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
