@@ -1,12 +1,12 @@
 """Text datasets: class folders tokenized once into token-id splits; bad input fails with a clear error."""
 
-import random
 
 import pytest
 import torch
 
 from idap.data import DataError
 from idap.text import check_tokenizer, encode, load_text_file, load_text_folder, read_text_folder
+from tests.idap.text_fixtures import write_corpus
 
 tokenizers = pytest.importorskip("tokenizers")
 
@@ -17,18 +17,6 @@ def word_tokenizer(words=WORDS):
     tok = tokenizers.Tokenizer(tokenizers.models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
     return tok
-
-
-def write_corpus(root, classes=3, per_class=30, seed=0):
-    """Class c mostly uses words w{20c}..w{20c+19}: learnable by a tiny model."""
-    rng = random.Random(seed)
-    for c in range(classes):
-        (root / f"class{c}").mkdir(parents=True)
-        for j in range(per_class):
-            words = [f"w{rng.randrange(20 * c, 20 * c + 20) if rng.random() < 0.7 else rng.randrange(60)}"
-                     for _ in range(rng.randrange(4, 24))]
-            (root / f"class{c}" / f"{j:03d}.txt").write_text(" ".join(words))
-    return root
 
 
 def test_folder_becomes_disjoint_stratified_token_splits(tmp_path):
