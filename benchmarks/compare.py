@@ -26,7 +26,6 @@ import torch
 
 from benchmarks.jobs import (
     PROCEDURE,
-    Job,
     base_recipe,
     dense_model,
     dense_settings,
@@ -48,8 +47,7 @@ from idap.metrics import accuracy, resolve_device
 from idap.onnx_export import export_onnx
 from idap.speed import measure_speed
 
-# Job, base_recipe, plan_jobs and run_job are this module's public names too (tests and callers import them here).
-__all__ = ["Job", "base_recipe", "build_parser", "main", "plan_jobs", "run_comparison", "run_job"]
+__all__ = ["build_parser", "main", "run_comparison"]
 
 
 # ---- the whole comparison --------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from torch import nn
 
 from benchmarks.methods import CONTROL, METHODS
 from benchmarks.presets import Preset
+from idap.atomic import write_text
 from idap.bundle import load_bundle, save_bundle
 from idap.cli import log
 from idap.compress import compress
@@ -104,10 +105,7 @@ def read_json(path: Path) -> dict | None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2, default=str))
 
 
 def input_shape(data: DataSplits) -> tuple[int, int, int]:

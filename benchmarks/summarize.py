@@ -8,7 +8,6 @@ Markdown page and the plot. The analysis lives in ``benchmarks.analysis``, the p
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from benchmarks.analysis import (
@@ -21,16 +20,10 @@ from benchmarks.analysis import (
     pareto,
     timing_warnings,
 )
-from benchmarks.pages import plot_accuracy_vs_macs, published_lines, render_markdown
+from benchmarks.pages import plot_accuracy_vs_macs, render_markdown
+from idap.atomic import write_text
 
-__all__ = ["ablations", "aggregate", "budget_goals", "goals", "losses", "main", "pareto", "published_lines", "render_markdown",
-           "write_results"]
-
-
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+__all__ = ["main", "write_results"]
 
 
 def write_results(payload: dict, out: Path, stem: str, *, plot: bool = True) -> dict[str, Path]:
@@ -50,8 +43,8 @@ def write_results(payload: dict, out: Path, stem: str, *, plot: bool = True) -> 
         full["pareto"] = pareto(rows)
         full["timing_warnings"] = timing_warnings(rows)
     full["budget_violations"] = budget_check(payload["runs"], payload["preset"]["total_budget"])
-    _atomic(paths["json"], json.dumps(full, indent=2, default=str))
-    _atomic(paths["markdown"], render_markdown(payload, image))
+    write_text(paths["json"], json.dumps(full, indent=2, default=str))
+    write_text(paths["markdown"], render_markdown(payload, image))
     return paths
 
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.compare import Job, base_recipe, plan_jobs
+from benchmarks.analysis import ablations, aggregate, goals, pareto
+from benchmarks.jobs import Job, base_recipe, plan_jobs
 from benchmarks.methods import METHODS
 from benchmarks.presets import PRESETS, SMOKE
-from benchmarks.summarize import ablations, aggregate, goals, pareto
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,7 +181,7 @@ def test_budget_mode_recipe_has_no_target_and_the_budget_on():
 
 
 def test_budget_goals_compare_macs_and_speed_within_the_budget():
-    from benchmarks.summarize import budget_goals
+    from benchmarks.analysis import budget_goals
 
     def run(method, macs, speed, seed=0):
         return {**_run(method, 90.0, target=None, seed=seed, speedup=speed, macs_reduction=macs, val=89.5),

@@ -2,8 +2,8 @@
 
 from dataclasses import asdict
 
+from benchmarks.pages import published_lines
 from benchmarks.presets import PRESETS
-from benchmarks.summarize import published_lines
 
 
 def _row(method, label, acc, reduction):
