@@ -220,11 +220,35 @@ def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to
         # short: Ray's unix sockets live under it and a socket path may not exceed ~107 characters
         kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
                       _temp_dir=tempfile.mkdtemp(prefix="idap-ray-"))
-    try:
-        ray.init(**kwargs)
-    except Exception as error:
-        raise SearchError(f"cannot start or reach Ray at {address!r}: {type(error).__name__}: {error}") from error
-    return True
+    attempt = 1
+    while True:
+        try:
+            ray.init(**kwargs)
+            return True
+        except Exception as error:
+            # The Ray Client's proxy on the head starts one server process per connection; on a busy head
+            # that process can fail to start (seen once on a loaded 2-core CI machine). A new connection gets
+            # a new server: try again a few times. Any other failure is final at once.
+            transient = address.startswith("ray://") and any(t in str(error) for t in CLIENT_SERVER_TRANSIENT)
+            if not transient or attempt == CLIENT_ATTEMPTS:
+                after = (f" (after {attempt} attempts; the head's ray_client_server_*.err logs, under "
+                         "/tmp/ray/session_latest/logs there, say why)") if attempt > 1 else ""
+                raise SearchError(f"cannot start or reach Ray at {address!r}: {type(error).__name__}: {error}"
+                                  f"{after}") from error
+            logging.getLogger(__name__).warning(
+                "Ray Client at %s: the head's client server did not start (attempt %d of %d); retrying",
+                address, attempt, CLIENT_ATTEMPTS)
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            time.sleep(CLIENT_RETRY_PAUSE_S * attempt)
+            attempt += 1
+
+
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_PAUSE_S = 3.0
+# What the head's Ray Client proxy answers when the per-connection server process it spawned died or never
+# answered (ray/util/client/server/proxier.py): transient on a busy head, unlike a refused connection.
+CLIENT_SERVER_TRANSIENT = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
 
 
 # What a pipeline step is configured with (pipelines/_platform.py) and the cluster side of a search needs too

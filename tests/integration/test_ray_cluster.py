@@ -100,6 +100,16 @@ def _raylet_tail(temp_dir: Path) -> str:
     return "\n".join(out)
 
 
+def _client_server_logs(temp_dir: Path) -> str:
+    """The head's Ray Client proxy and per-connection server logs (why a ray:// connection failed)."""
+    out = []
+    for path in sorted(temp_dir.glob("session_latest/logs/ray_client_server*")):
+        text = path.read_text(errors="replace")
+        if text.strip():
+            out.append(f"{path.name}: ...{text[-1500:]}")
+    return "\n".join(out)
+
+
 def start_cluster(log_dir: Path, env: dict, timeout: float = 300) -> Cluster:
     """Head (1 CPU, dashboard / Jobs API) + one worker node (1 CPU), every port free and on 127.0.0.1."""
     gcs_port, dash_port, client_port = free_port(), free_port(), free_port()
@@ -231,6 +241,44 @@ def test_a_dead_address_fails_in_seconds_naming_it(monkeypatch):
         _tune.probe("grpc://127.0.0.1:1")
 
 
+def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monkeypatch):
+    """Fault injection (the head's proxy cannot be made to fail on demand): ``ray.init`` answers as the Ray
+    Client's proxy does when the server process it spawned for this connection died. start_ray tries a new
+    connection (at most CLIENT_ATTEMPTS in all, then a clear error); a refused init is never retried."""
+    import ray
+
+    from components import _tune
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(_tune, "probe", lambda address, timeout=None: ("127.0.0.1", 1))
+    monkeypatch.setattr(_tune, "CLIENT_RETRY_PAUSE_S", 0.0)
+    proxy_error = ConnectionAbortedError("Initialization failure from server: RuntimeError: Starting Ray client "
+                                         "server failed. See ray_client_server_23000.err for detailed logs.")
+    calls = []
+
+    def init(fails: int, error: Exception):
+        def fake(**kwargs):
+            calls.append(kwargs["address"])
+            if len(calls) <= fails:
+                raise error
+        return fake
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: None)
+    monkeypatch.setattr(ray, "init", init(2, proxy_error))
+    assert _tune.start_ray("ray://127.0.0.1:1") is True and calls == ["ray://127.0.0.1:1"] * 3
+    calls.clear()
+    monkeypatch.setattr(ray, "init", init(9, proxy_error))
+    with pytest.raises(_tune.SearchError, match=r"client server failed.*after 3 attempts.*ray_client_server_"):
+        _tune.start_ray("ray://127.0.0.1:1")
+    assert len(calls) == _tune.CLIENT_ATTEMPTS
+    calls.clear()
+    monkeypatch.setattr(ray, "init", init(9, ConnectionError("authentication failed")))
+    with pytest.raises(_tune.SearchError, match="authentication failed") as raised:
+        _tune.start_ray("ray://127.0.0.1:1")
+    assert len(calls) == 1 and "attempts" not in str(raised.value)
+
+
 # ---- on the cluster -------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_idap_tune_address_runs_the_trials_on_the_cluster(cluster, edge_env, dense_dir, moto_s3, capsys):
@@ -247,7 +295,7 @@ def test_idap_tune_address_runs_the_trials_on_the_cluster(cluster, edge_env, den
                  "--address", cluster.client, "--storage", f"s3://{moto_s3.bucket}/tune-address",
                  "--experiment-dir", str(exp), "--quiet"])
     captured = capsys.readouterr()
-    assert code == 0, captured.err[-3000:]
+    assert code == 0, f"{captured.err[-3000:]}\n{_client_server_logs(cluster.temp_dir)}"
     printed = json.loads(captured.out)
     assert printed["trials"] == {"complete": 2, "stopped": 0, "failed": 0}
     trials = json.loads((exp / "results" / "pareto.json").read_text())["trials"]
