@@ -155,7 +155,9 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
             warning) so that the train split keeps at least half of the training set.
         train_limit, test_limit: seeded subsamples of the train and test splits, for fast runs.
         tokenizer, max_length: for text (a folder of class subfolders of .txt files, or a spec with
-            ``kind: text``): the model's tokenizer and tokens per text, see ``idap.text.load_text_dataset``.
+            ``kind: text``): the model's tokenizer and tokens per text, see ``idap.text.load_text_dataset``;
+            for language modelling (a plain .txt file, or a spec with ``kind: lm``): the model and the
+            tokens per window, see ``idap.lm_task.load_lm_dataset``.
     """
     for arg, value in (("calibration_size", calibration_size), ("validation_size", validation_size)):
         if value < 0:
@@ -167,8 +169,13 @@ def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int
         raw = _BUILTIN[name_or_path](root)
     else:
         path = Path(name_or_path)
+        from idap.lm_task import is_lm_source, load_lm_dataset  # a plain text file: next-token windows
         from idap.text import is_text_source, load_text_dataset  # text: token-id splits
 
+        if is_lm_source(path):
+            return load_lm_dataset(path, tokenizer=tokenizer, block_size=max_length, seed=seed,
+                                   calibration_size=calibration_size, validation_size=validation_size,
+                                   train_limit=train_limit, test_limit=test_limit)
         if is_text_source(path):
             return load_text_dataset(path, tokenizer=tokenizer, max_length=max_length, seed=seed,
                                      calibration_size=calibration_size, validation_size=validation_size,
@@ -244,6 +251,10 @@ def load_splits(directory: str | Path):
             from idap.text import text_splits_from
 
             return text_splits_from(meta, fields, stored_hash=stored_hash, where=directory)
+        if meta.get("kind") == "lm":  # next-token windows
+            from idap.lm_task import lm_splits_from
+
+            return lm_splits_from(meta, fields, stored_hash=stored_hash, where=directory)
         norm = meta["normalization"]
         splits = DataSplits(name=meta["name"], num_classes=int(meta["num_classes"]),
                             in_channels=int(meta["in_channels"]), image_size=int(meta["image_size"]),

@@ -313,6 +313,15 @@ class GroupedQueryAttention(HeadPrunableAttention):
         self.num_heads = int(index.numel())
 
 
+class _RMSNorm(nn.RMSNorm):
+    """``nn.RMSNorm``, written out while exporting to ONNX (opset 17 has no ``aten::rms_norm``)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not torch.onnx.is_in_onnx_export():
+            return super().forward(x)
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+
+
 class LlamaLayer(nn.Module):
     """Pre-norm decoder layer: x += Attn(RMS(x)); x += W_down(SiLU(W_gate RMS(x)) * W_up RMS(x))."""
 
@@ -320,9 +329,9 @@ class LlamaLayer(nn.Module):
 
     def __init__(self, s: LlamaShape) -> None:
         super().__init__()
-        self.attention_norm = nn.RMSNorm(s.hidden, eps=s.eps)
+        self.attention_norm = _RMSNorm(s.hidden, eps=s.eps)
         self.attention = GroupedQueryAttention(s.hidden, s.kv_heads, s.heads // s.kv_heads, s.head_dim, s.rope_theta)
-        self.ffn_norm = nn.RMSNorm(s.hidden, eps=s.eps)
+        self.ffn_norm = _RMSNorm(s.hidden, eps=s.eps)
         self.gate_proj = nn.Linear(s.hidden, s.ffn, bias=False)
         self.up_proj = nn.Linear(s.hidden, s.ffn, bias=False)
         self.act = nn.SiLU()
@@ -345,7 +354,7 @@ class LlamaLM(TokenInput, nn.Module):
         self.shape = shape
         self.embed_tokens = nn.Embedding(shape.vocab_size, shape.hidden)
         self.layers = nn.ModuleList(LlamaLayer(shape) for _ in range(shape.layers))
-        self.norm = nn.RMSNorm(shape.hidden, eps=shape.eps)
+        self.norm = _RMSNorm(shape.hidden, eps=shape.eps)
         self.lm_head = nn.Linear(shape.hidden, shape.vocab_size, bias=False)
         if shape.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight

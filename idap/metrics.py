@@ -180,6 +180,9 @@ def accuracy(
 ) -> float:
     """Top-1 accuracy in percent (0–100), in eval mode; the model's training flag is restored.
 
+    Token logits (N, T, V) with targets (N, T) (a language model, ``idap.lm_task``) give next-token accuracy
+    over all N·T target tokens.
+
     Args:
         x: images as a tensor, or a streamed split (``idap.streaming.StreamedSplit``: read in batches).
         device: where batches are sent; default: the model's device. The model itself is not moved.
@@ -201,8 +204,9 @@ def accuracy(
         for start in range(0, len(x), batch_size):
             logits = model(x[start : start + batch_size].to(target))
             labels = y[start : start + batch_size].to(logits.device)
-            correct += int((logits.argmax(dim=1) == labels).sum())
-    return 100.0 * correct / len(x)
+            tokens = logits.dim() == 3 and labels.dim() == 2  # (N, T, V) next-token logits
+            correct += int((logits.argmax(dim=-1 if tokens else 1) == labels).sum())
+    return 100.0 * correct / y.numel()
 
 
 class StreamedBatches(Protocol):

@@ -1,6 +1,8 @@
 """Training loops: dense training and distillation recovery (spec §4).
 
 Recovery loss = CE(student, y) + λ_feat · Σ_taps L1(adapter(f_s), f_t) + λ_kd · τ² · KL(teacher ‖ student at τ).
+A language model's (N, T, V) token logits with (N, T) next-token targets: CE over all tokens and KL over the
+vocabulary of each token (``batchmean`` over the N·T tokens), so the loss is per token as for one sample.
 Taps are the first, middle and last activation modules of the student; a 1x1 conv (maps) or linear
 (tokens/vectors) adapter bridges widths that pruning changed. Budgets are optimizer steps, batches are
 drawn from in-memory tensors with a seeded generator: the same seed gives the same model.
@@ -20,6 +22,7 @@ from tqdm.auto import tqdm
 
 from idap.activations import FeatureTaps, activation_modules
 from idap.config import RecoveryConfig
+from idap.lm_task import token_loss
 from idap.metrics import is_streamed
 
 
@@ -167,7 +170,7 @@ def recover(
                     g["lr"] = _cosine(step, steps, lr)
             xb, yb = batches.next()
             logits = student(xb)
-            loss = F.cross_entropy(logits, yb)
+            loss = token_loss(logits, yb)
             if use_teacher:
                 with torch.no_grad():
                     t_logits = teacher(xb)
@@ -177,7 +180,8 @@ def recover(
                     loss = loss + config.lambda_feat * F.l1_loss(fs, ft)
                 if config.lambda_kd > 0:
                     tau = config.tau
-                    kd = F.kl_div(F.log_softmax(logits / tau, dim=1), F.log_softmax(t_logits / tau, dim=1),
+                    s_kd, t_kd = (logits.flatten(0, 1), t_logits.flatten(0, 1)) if logits.dim() == 3 else (logits, t_logits)
+                    kd = F.kl_div(F.log_softmax(s_kd / tau, dim=1), F.log_softmax(t_kd / tau, dim=1),
                                   reduction="batchmean", log_target=True)
                     loss = loss + config.lambda_kd * tau * tau * kd
             opt.zero_grad(set_to_none=True)
@@ -218,7 +222,7 @@ def train(
     bar = tqdm(range(total), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         xb, yb = batches.next()
-        loss = F.cross_entropy(model(xb), yb)
+        loss = token_loss(model(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

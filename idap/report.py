@@ -24,14 +24,20 @@ SPEEDUP_AGREEMENT = 0.8
 
 
 def evaluate_model(model: nn.Module, data: DataSplits, *, batch_size: int = 512, device=None) -> dict:
-    """Accuracy on validation and test (percent), params and MACs at the dataset's input size."""
+    """Accuracy on validation and test (percent), params and MACs at the dataset's input size; for a language
+    model (``idap.lm_task``) the accuracy is next-token top-1 and ``val_ppl`` / ``test_ppl`` are added."""
+    from idap.lm_task import is_lm, lm_metrics
+
     shape = sample_shape(data)
-    return {
+    out = {
         "val_acc": accuracy(model, data.val_x, data.val_y, batch_size=batch_size, device=device),
         "test_acc": accuracy(model, data.test_x, data.test_y, batch_size=batch_size, device=device),
         "params": count_params(model),
         "macs": count_macs(model, shape),
     }
+    if is_lm(data):
+        out.update(lm_metrics(model, data, batch_size=batch_size, device=device))
+    return out
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
@@ -70,6 +76,8 @@ def build_report(*, dense: dict, compressed: dict, steps: list[dict], recipe: di
             "ort_throughput_gain_b64": ratio(compressed.get("ort_throughput_b64"), dense.get("ort_throughput_b64")),
             "val_acc_drop_pp": dense["val_acc"] - compressed["val_acc"],
             "test_acc_drop_pp": dense["test_acc"] - compressed["test_acc"],
+            **{f"{s}_ppl_ratio": ratio(compressed[f"{s}_ppl"], dense[f"{s}_ppl"]) for s in ("val", "test")
+               if f"{s}_ppl" in dense and f"{s}_ppl" in compressed},  # a language model: perplexity, x dense
         },
         "warnings": [],
         "trajectory": steps,

@@ -43,6 +43,8 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
         "|---|---:|---:|---:|",
         f"| validation accuracy (%) | {d['val_acc']:.2f} | {c['val_acc']:.2f} | {-r['val_acc_drop_pp']:+.2f} pp |",
         f"| test accuracy (%) | {d['test_acc']:.2f} | {c['test_acc']:.2f} | {-r['test_acc_drop_pp']:+.2f} pp |",
+        *[f"| {name} perplexity | {d[k]:.3f} | {c[k]:.3f} | {fmt(r.get(k + '_ratio'), '.3f')}x |"  # a language model
+          for name, k in (("validation", "val_ppl"), ("test", "test_ppl")) if k in d and k in c],
         f"| params | {fmt(d['params'])} | {fmt(c['params'])} | {fmt(r['params_reduction'], '.2f')}x fewer |",
         f"| MACs | {fmt(d['macs'])} | {fmt(c['macs'])} | {fmt(r['macs_reduction'], '.2f')}x fewer |",
         f"| latency, batch 1 (ms) | {fmt(d.get('latency_ms_b1'), '.3f')} | {fmt(c.get('latency_ms_b1'), '.3f')} "
@@ -102,6 +104,8 @@ def summary_lines(report: dict) -> list[str]:
     rows = [
         ("validation accuracy (%)", num(d["val_acc"], ".2f"), num(c["val_acc"], ".2f"), f"{-r['val_acc_drop_pp']:+.2f} pp"),
         ("test accuracy (%)", num(d["test_acc"], ".2f"), num(c["test_acc"], ".2f"), f"{-r['test_acc_drop_pp']:+.2f} pp"),
+        *[(f"{name} perplexity", num(d[k], ".3f"), num(c[k], ".3f"), f"{num(r.get(k + '_ratio'), '.3f')}x")
+          for name, k in (("validation", "val_ppl"), ("test", "test_ppl")) if k in d and k in c],
         ("params", num(d["params"], ","), num(c["params"], ","), f"{num(r['params_reduction'], '.2f')}x fewer"),
         ("MACs", num(d["macs"], ","), num(c["macs"], ","), f"{num(r['macs_reduction'], '.2f')}x fewer"),
     ]
