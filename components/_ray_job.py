@@ -7,7 +7,7 @@ The submitting side (the tune pipeline's search step, ``idap tune --submit``) ca
 2. the inputs go to ``<exchange>/<job id>/``: ``inputs/data`` (the splits), ``inputs/dense`` (the bundle)
    and ``job.json`` (recipe, space, search settings, the MLflow run to log into);
 3. the job ``python -m components._ray_job <exchange>/<job id>`` is submitted with a runtime environment
-   carrying the settings every pipeline step gets (:func:`components._tune.cluster_env`: MLflow tracking URI,
+   carrying the settings every pipeline step gets (:func:`components._ray_connect.cluster_env`: MLflow tracking URI,
    S3 endpoint, region and bucket, telemetry off). Credentials are never carried: Ray shows a job's runtime
    environment to anyone who can reach the dashboard. The cluster's pods read them from the same Secrets
    the pipeline steps do (infra/base/raycluster.yaml);
@@ -42,10 +42,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from components import _storage
+from components._ray_connect import SearchError, cluster_env, probe
 from components._search_results import SearchResult, read_results
 from components._search_space import SearchSpace
 from components._settings import telemetry_off
-from components._tune import SearchError, cluster_env, probe, run_search
+from components._tune import run_search
 from idap.config import Recipe
 
 __all__ = ["main", "submit_search", "wait_for_job"]

@@ -2,7 +2,8 @@
 
 The space is :class:`components._search_space.SearchSpace` (checked before Ray starts); the front, the
 winner and the result files are :mod:`components._search_results`; MLflow is :mod:`components._search_runs`;
-a search submitted to a RayCluster as a Ray job is :mod:`components._ray_job`.
+a search submitted to a RayCluster as a Ray job is :mod:`components._ray_job`; starting or reaching Ray and
+Tune's storage are :mod:`components._ray_connect`.
 
 * :func:`run_search`: local Ray (or ``address`` / ``RAY_ADDRESS``), the dataset and the dense model put in
   the object store once (``tune.with_parameters``), one trial = one :func:`idap.compress` run that reports
@@ -36,11 +37,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
+from components._ray_connect import SearchError, start_ray, tune_storage
 from components._search_results import (
     SearchResult,
     held_to_budget,
@@ -50,20 +51,15 @@ from components._search_results import (
 )
 from components._search_runs import TrialRuns, log_search
 from components._search_space import SearchSpace, SearchSpaceError
-from components._settings import telemetry_off
 from idap.config import Recipe
 
-__all__ = ["SearchError", "SearchInterrupted", "check_new_experiment", "read_state", "run_search", "start_ray"]
+__all__ = ["SearchInterrupted", "check_new_experiment", "read_state", "run_search"]
 
 log = logging.getLogger("idap.tune")
 
 STATE_FILE = "idap-search.json"
 INFEASIBLE = 0.0  # the score of a trial over budget: below every feasible reduction (>= 1)
 STAGE_CODES = {"filter": 1, "layer": 2, "finetune": 3}
-
-
-class SearchError(RuntimeError):
-    """A search that cannot start or resume (experiment directory, Ray)."""
 
 
 class SearchInterrupted(SearchError):
@@ -192,147 +188,6 @@ class SparingASHA(ASHAScheduler):
 
 
 # ---- Ray ---------------------------------------------------------------------------------------
-def start_ray(address: str | None = None, *, num_cpus: int | None = None, log_to_driver: bool = False) -> bool:
-    """Start (or attach to) Ray; returns True when this call started it (the caller shuts it down).
-
-    Local by default: ``address="local"``, no dashboard, bound to 127.0.0.1, a private temp dir, token
-    auth off (``RAY_AUTH_MODE=disabled``: nothing listens beyond this machine), usage stats off.
-    ``address`` (or ``RAY_ADDRESS``) attaches to an existing cluster instead, e.g. the RayCluster in infra/:
-    probed first (:func:`probe`, a dead address fails in seconds), with :func:`cluster_env` as the runtime env.
-    """
-    import ray
-
-    telemetry_off()
-    # Tune's console tables and its checkpoint-frequency warnings are noise next to idap's own summary
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    if ray.is_initialized():
-        return False
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
-    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": log_to_driver}
-    if address not in ("local", "auto"):
-        probe(address)
-        if not os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):  # (a Ray job's driver has the job's runtime env)
-            # under Ray Client (ray://) Tune's driver and its MLflow callback run on the head: same settings as here
-            kwargs["runtime_env"] = {"env_vars": cluster_env()}
-    if address == "local":  # (an existing cluster refuses resource and dashboard arguments: it has its own)
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        # short: Ray's unix sockets live under it and a socket path may not exceed ~107 characters
-        kwargs.update(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                      _temp_dir=tempfile.mkdtemp(prefix="idap-ray-"))
-    attempt = 1
-    while True:
-        try:
-            ray.init(**kwargs)
-            return True
-        except Exception as error:
-            # The Ray Client's proxy on the head starts one server process per connection; on a busy head
-            # that process can fail to start (seen once on a loaded 2-core CI machine). A new connection gets
-            # a new server: try again a few times. Any other failure is final at once.
-            transient = address.startswith("ray://") and any(t in str(error) for t in CLIENT_SERVER_TRANSIENT)
-            if not transient or attempt == CLIENT_ATTEMPTS:
-                after = (f" (after {attempt} attempts; the head's ray_client_server_*.err logs, under "
-                         "/tmp/ray/session_latest/logs there, say why)") if attempt > 1 else ""
-                raise SearchError(f"cannot start or reach Ray at {address!r}: {type(error).__name__}: {error}"
-                                  f"{after}") from error
-            logging.getLogger(__name__).warning(
-                "Ray Client at %s: the head's client server did not start (attempt %d of %d); retrying",
-                address, attempt, CLIENT_ATTEMPTS)
-            with contextlib.suppress(Exception):
-                ray.shutdown()
-            time.sleep(CLIENT_RETRY_PAUSE_S * attempt)
-            attempt += 1
-
-
-CLIENT_ATTEMPTS = 3
-CLIENT_RETRY_PAUSE_S = 3.0
-# What the head's Ray Client proxy answers when the per-connection server process it spawned died or never
-# answered (ray/util/client/server/proxier.py): transient on a busy head, unlike a refused connection.
-CLIENT_SERVER_TRANSIENT = ("Starting Ray client server failed", "Proxy failed to Connect to backend")
-
-
-# What a pipeline step is configured with (pipelines/_platform.py) and the cluster side of a search needs too
-# (a Ray job's driver, Tune's driver under Ray Client): never a credential, which Ray would show to anyone who
-# reaches the dashboard. The RayCluster's pods get the credentials from the same Secrets as the steps.
-CARRIED_ENV = ("MLFLOW_TRACKING_URI", "IDAP_EXPERIMENT", "IDAP_ARTIFACT_ROOT", "IDAP_BUCKET", "AWS_ENDPOINT_URL",
-               "AWS_ENDPOINT_URL_S3", "MLFLOW_S3_ENDPOINT_URL", "AWS_DEFAULT_REGION", "AWS_REGION",
-               "AWS_MAX_ATTEMPTS", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-SECRET_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_USERNAME",
-              "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN")
-
-
-def cluster_env() -> dict[str, str]:
-    """The runtime environment's variables for work on a cluster: :data:`CARRIED_ENV` as set in this process,
-    telemetry off, Ray's token auth as here (default disabled, as infra/ runs it); no credential."""
-    from components._settings import TELEMETRY_OFF
-
-    env = {k: os.environ[k] for k in CARRIED_ENV if os.environ.get(k) and k not in SECRET_ENV}
-    return {**TELEMETRY_OFF, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE") or "disabled", **env}
-
-
-PROBE_TIMEOUT_S = 3.0
-DEFAULT_PORTS = {"ray": 10001, "http": 8265, "https": 443, "": 6379}  # Ray Client, dashboard / Jobs API, GCS
-
-
-def probe(address: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[str, int]:
-    """Check that something listens at a Ray address (``host:port`` = the GCS, ``ray://`` = Ray Client,
-    ``http(s)://`` = the dashboard) with one TCP connect, so that a dead address fails in seconds: ``ray.init``
-    and the Jobs client would retry it for minutes. Returns (host, port).
-
-    Raises:
-        SearchError: nothing answers, naming the address and what to check.
-    """
-    import socket
-    from urllib.parse import urlsplit
-
-    scheme = address.split("://", 1)[0] if "://" in address else ""
-    if scheme not in DEFAULT_PORTS:
-        raise SearchError(f"Ray address {address!r}: unknown scheme {scheme!r}; give host:port (the GCS, e.g. "
-                          "127.0.0.1:6379), ray://host:10001 (Ray Client) or http://host:8265 (the Jobs API)")
-    parts = urlsplit(address if scheme else f"gcs://{address}")
-    try:
-        host, port = parts.hostname, parts.port or DEFAULT_PORTS[scheme]
-    except ValueError as error:
-        raise SearchError(f"Ray address {address!r} is not host:port ({error})") from None
-    if not host:
-        raise SearchError(f"Ray address {address!r} names no host")
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return host, port
-    except OSError as error:
-        reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or type(error).__name__)
-        raise SearchError(f"cannot reach the Ray cluster at {address!r}: connecting to {host}:{port} failed "
-                          f"({reason}, {timeout:g} s limit). Is the RayCluster up (kubectl -n idap get raycluster) "
-                          "and, from outside the cluster, the port-forward running (infra/README.md)?") from None
-
-
-def tune_storage(storage: str | None, exp_dir: Path):
-    """Where Tune keeps trial results and checkpoints: ``(storage_path, pyarrow filesystem or None)``.
-
-    None: beside the experiment directory (one machine, or a volume every node mounts). ``s3://bucket/prefix``:
-    the object store, through pyarrow with the same endpoint / credentials as boto3 (``AWS_*``) — what a
-    search needs when trials run on other machines (a worker cannot write a checkpoint to the driver's disk).
-    """
-    from components import _storage
-
-    if not storage:
-        return str(exp_dir.parent), None
-    if not _storage.is_s3(storage):
-        return str(Path(storage).absolute()), None
-    from urllib.parse import urlsplit
-
-    import pyarrow.fs
-
-    bucket, key = _storage.parse_s3(storage)
-    kwargs: dict[str, Any] = {"region": os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-                              or "us-east-1", "connect_timeout": 3, "request_timeout": 60}
-    endpoint = _storage.endpoint_url()
-    if endpoint:
-        parts = urlsplit(endpoint)
-        kwargs.update(endpoint_override=parts.netloc or parts.path, scheme=parts.scheme or "https")
-    return f"{bucket}/{key.strip('/')}".rstrip("/"), pyarrow.fs.S3FileSystem(**kwargs)
-
-
 # ---- the search --------------------------------------------------------------------------------
 def read_state(experiment_dir: str | os.PathLike) -> dict:
     """What a search recorded about itself (space, base recipe, search run, sources) for ``--resume``."""

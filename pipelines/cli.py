@@ -350,7 +350,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     The space is checked against the recipe before anything loads; ``--resume`` continues an interrupted
     search from its experiment directory with the settings it started with.
     """
-    from components import _tune
+    from components import _ray_connect, _tune
     from components._search_space import SearchSpace
     from idap.bundle import load_bundle, save_bundle
 
@@ -375,7 +375,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         space.validate(base)  # a bad space fails here, before data, model or Ray
         try:
             _tune.check_new_experiment(exp_dir)
-        except _tune.SearchError as exc:
+        except _ray_connect.SearchError as exc:
             log(f"error: {exc}")
             return 2
         limit = 512 if args.smoke_test else None
@@ -415,7 +415,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     except _tune.SearchInterrupted as exc:
         log(f"interrupted: {exc}")
         return 130
-    except _tune.SearchError as exc:
+    except _ray_connect.SearchError as exc:
         log(f"error: {type(exc).__name__}: {exc}")
         return 2
     w = result.winner

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ray.tune import Callback
 
-from components import _search_results, _tune
+from components import _ray_connect, _search_results, _tune
 from components._search_space import DEFAULT_SPACE, SearchSpace, SearchSpaceError
 from idap.config import Recipe
 
@@ -163,7 +163,7 @@ def ray_session():
     """One local Ray for the module (starting it costs ~7 s and ~3 GB), always shut down."""
     import ray
 
-    owned = _tune.start_ray(num_cpus=2)
+    owned = _ray_connect.start_ray(num_cpus=2)
     yield
     if owned:
         ray.shutdown()
@@ -309,16 +309,16 @@ def test_the_cluster_side_gets_the_settings_but_never_a_credential(monkeypatch):
                        "IDAP_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "k",
                        "MLFLOW_TRACKING_PASSWORD": "pw"}.items():
         monkeypatch.setenv(key, value)
-    env = _tune.cluster_env()
+    env = _ray_connect.cluster_env()
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["IDAP_BUCKET"] == "b"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
-    assert not set(_tune.SECRET_ENV) & set(env) and "s3cr3t" not in json.dumps(env)
+    assert not set(_ray_connect.SECRET_ENV) & set(env) and "s3cr3t" not in json.dumps(env)
 
 
 def test_tune_storage_local_or_s3(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    assert _tune.tune_storage(None, tmp_path / "exp") == (str(tmp_path), None)
-    path, fs = _tune.tune_storage("s3://bucket/some/prefix/", tmp_path / "exp")
+    assert _ray_connect.tune_storage(None, tmp_path / "exp") == (str(tmp_path), None)
+    path, fs = _ray_connect.tune_storage("s3://bucket/some/prefix/", tmp_path / "exp")
     assert path == "bucket/some/prefix" and fs.type_name == "s3"
 
 

@@ -219,7 +219,7 @@ def _trial_runs(tracking_uri: str, parent_run_id: str):
 
 # ---- a dead address: no cluster needed ------------------------------------------------------------------------
 def test_a_dead_address_fails_in_seconds_naming_it(monkeypatch):
-    from components import _ray_job, _tune
+    from components import _ray_connect, _ray_job
     from components._search_space import SearchSpace
     from idap.config import Recipe
 
@@ -227,18 +227,18 @@ def test_a_dead_address_fails_in_seconds_naming_it(monkeypatch):
     port = free_port()  # nothing listens there
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
         t0 = time.monotonic()
-        with pytest.raises(_tune.SearchError, match=f"cannot reach the Ray cluster at '{address}'.*port-forward"):
-            _tune.start_ray(address)
+        with pytest.raises(_ray_connect.SearchError, match=f"cannot reach the Ray cluster at '{address}'.*port-forward"):
+            _ray_connect.start_ray(address)
         assert time.monotonic() - t0 < 5
     t0 = time.monotonic()
-    with pytest.raises(_tune.SearchError, match=f"127.0.0.1:{port}.*refused"):
+    with pytest.raises(_ray_connect.SearchError, match=f"127.0.0.1:{port}.*refused"):
         _ray_job.submit_search(f"http://127.0.0.1:{port}", data="unused", dense="unused", base=Recipe.from_dict(TINY),
                                space=SearchSpace.from_dict(SPACE), out_dir="unused")
     assert time.monotonic() - t0 < 5
-    with pytest.raises(_tune.SearchError, match="dashboard, http://host:8265"):
+    with pytest.raises(_ray_connect.SearchError, match="dashboard, http://host:8265"):
         _ray_job.dashboard_url(f"127.0.0.1:{port}")
-    with pytest.raises(_tune.SearchError, match="unknown scheme 'grpc'"):
-        _tune.probe("grpc://127.0.0.1:1")
+    with pytest.raises(_ray_connect.SearchError, match="unknown scheme 'grpc'"):
+        _ray_connect.probe("grpc://127.0.0.1:1")
 
 
 def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monkeypatch):
@@ -247,11 +247,11 @@ def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monk
     connection (at most CLIENT_ATTEMPTS in all, then a clear error); a refused init is never retried."""
     import ray
 
-    from components import _tune
+    from components import _ray_connect
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(_tune, "probe", lambda address, timeout=None: ("127.0.0.1", 1))
-    monkeypatch.setattr(_tune, "CLIENT_RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(_ray_connect, "probe", lambda address, timeout=None: ("127.0.0.1", 1))
+    monkeypatch.setattr(_ray_connect, "CLIENT_RETRY_PAUSE_S", 0.0)
     proxy_error = ConnectionAbortedError("Initialization failure from server: RuntimeError: Starting Ray client "
                                          "server failed. See ray_client_server_23000.err for detailed logs.")
     calls = []
@@ -266,16 +266,16 @@ def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monk
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray, "init", init(2, proxy_error))
-    assert _tune.start_ray("ray://127.0.0.1:1") is True and calls == ["ray://127.0.0.1:1"] * 3
+    assert _ray_connect.start_ray("ray://127.0.0.1:1") is True and calls == ["ray://127.0.0.1:1"] * 3
     calls.clear()
     monkeypatch.setattr(ray, "init", init(9, proxy_error))
-    with pytest.raises(_tune.SearchError, match=r"client server failed.*after 3 attempts.*ray_client_server_"):
-        _tune.start_ray("ray://127.0.0.1:1")
-    assert len(calls) == _tune.CLIENT_ATTEMPTS
+    with pytest.raises(_ray_connect.SearchError, match=r"client server failed.*after 3 attempts.*ray_client_server_"):
+        _ray_connect.start_ray("ray://127.0.0.1:1")
+    assert len(calls) == _ray_connect.CLIENT_ATTEMPTS
     calls.clear()
     monkeypatch.setattr(ray, "init", init(9, ConnectionError("authentication failed")))
-    with pytest.raises(_tune.SearchError, match="authentication failed") as raised:
-        _tune.start_ray("ray://127.0.0.1:1")
+    with pytest.raises(_ray_connect.SearchError, match="authentication failed") as raised:
+        _ray_connect.start_ray("ray://127.0.0.1:1")
     assert len(calls) == 1 and "attempts" not in str(raised.value)
 
 
@@ -364,7 +364,7 @@ def test_the_pipeline_search_step_submits_a_ray_job_and_reads_its_results_back(c
 def test_a_failed_search_job_names_the_job_and_writes_nothing(cluster, edge_env, dense_dir, monkeypatch):
     """The job's MLflow URI points where the cluster cannot write: the job FAILS; the error names the job id
     and carries its last log lines; no result directory appears."""
-    from components import _ray_job, _tune
+    from components import _ray_connect, _ray_job
     from components._search_space import SearchSpace
     from idap.config import Recipe
     from idap.data import load_dataset, save_splits
@@ -372,7 +372,7 @@ def test_a_failed_search_job_names_the_job_and_writes_nothing(cluster, edge_env,
     save_splits(load_dataset("digits", seed=0, calibration_size=128, validation_size=256), edge_env / "data")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/idap-no-such-dir/mlflow.db")
     out_dir = edge_env / "failed-results"
-    with pytest.raises(_tune.SearchError) as caught:
+    with pytest.raises(_ray_connect.SearchError) as caught:
         _ray_job.submit_search(cluster.dashboard, data=edge_env / "data", dense=dense_dir,
                                base=Recipe.from_dict(TINY), space=SearchSpace.from_dict(SPACE), out_dir=out_dir,
                                timeout_s=300, echo=None)
@@ -386,15 +386,15 @@ def test_a_failed_search_job_names_the_job_and_writes_nothing(cluster, edge_env,
 def test_a_job_past_its_timeout_is_stopped(cluster):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from components import _ray_job, _tune
+    from components import _ray_connect, _ray_job
 
     client = JobSubmissionClient(cluster.dashboard)
     job_id = client.submit_job(entrypoint="python -c \"import time; print('still going', flush=True); "
                                "time.sleep(300)\"")
-    with pytest.raises(_tune.SearchError, match=f"Ray job {job_id} did not finish within 4 s"):
+    with pytest.raises(_ray_connect.SearchError, match=f"Ray job {job_id} did not finish within 4 s"):
         try:
             _ray_job.wait_for_job(client, job_id, timeout_s=4, poll_s=0.5)
-        except _tune.SearchError:
+        except _ray_connect.SearchError:
             _ray_job._stop(client, job_id)
             raise
     deadline = time.monotonic() + 30
