@@ -144,9 +144,10 @@ def resolve_dataset(dataset: str, workdir: str | os.PathLike) -> str:
     local = _storage.resolve_input(dataset, workdir) if _storage.is_s3(dataset) else Path(dataset)
     if not local.name.endswith(SPEC_SUFFIXES) or not local.is_file():
         return str(local)
+    from idap.lm_task import is_lm_source
     from idap.text import is_text_source
 
-    if is_text_source(local):  # a text spec (kind: text) names local paths only: idap.text reads it
+    if is_text_source(local) or is_lm_source(local):  # a text spec (kind: text / lm) names local paths only
         return str(local)
     from idap.dataset_spec import load_spec
     from idap.image_folder import cache_dir

@@ -264,7 +264,9 @@ def run_compress(
     r = report["ratios"]
     log(f"compressed: {r['macs_reduction']:.2f}x fewer MACs, {r['params_reduction']:.2f}x fewer params, "
         f"speed-up {r['speedup_b1'] or float('nan'):.2f}x, val drop {r['val_acc_drop_pp']:.2f} pp, "
-        f"test {report['compressed']['test_acc']:.2f}% -> {out}")
+        f"test {report['compressed']['test_acc']:.2f}%"
+        + (f", test perplexity {report['dense']['test_ppl']:.2f} -> {report['compressed']['test_ppl']:.2f}"
+           if "test_ppl" in report["compressed"] else "") + f" -> {out}")
     return out, report, result
 
 

@@ -74,6 +74,10 @@ def test_spec_names_tokenizer_block_size_and_max_tokens(llama_bundle, tmp_path):
     spec.write_text(f"kind: lm\npath: book.txt\ntokenizer: {llama_bundle / 'hf'}\nblock_size: 8\nmax_tokens: 401\n")
     data = load_dataset(str(spec), tokenizer=llama_bundle / "bundle", calibration_size=4, validation_size=4)
     assert data.input_shape == (8,) and sum(len(getattr(data, f"{s}_x")) for s in ("train", "calib", "val", "test")) == 50
+    from components._sources import resolve_dataset
+
+    # what idap compress and the pipeline's data step do first: a local lm spec is read as it is
+    assert resolve_dataset(str(spec), tmp_path / "work") == str(spec)
     (tmp_path / "bad.yaml").write_text("kind: lm\npath: book.txt\nblocksize: 8\n")
     with pytest.raises(DataError, match=r"unknown lm dataset fields \['blocksize'\]"):
         load_dataset(str(tmp_path / "bad.yaml"), tokenizer=llama_bundle / "bundle")
@@ -166,3 +170,34 @@ def test_idap_compress_and_evaluate_on_a_llama_bundle_and_a_text_file(llama_bund
     evaluated = json.loads(capsys.readouterr().out)
     assert evaluated["test_ppl"] == pytest.approx(c["test_ppl"], rel=1e-6)  # the same splits, the same outputs
     assert evaluated["val_acc"] == c["val_acc"]
+
+
+def test_idap_compress_removes_decoder_layers_and_prunes_kv_groups_on_the_lm_task(llama_bundle, tmp_path):
+    from idap import Recipe, compress
+    from idap.bundle import load_bundle, save_bundle
+    from idap.report import evaluate_model
+
+    data = load_dataset(str(write_book(tmp_path / "book.txt")), tokenizer=llama_bundle / "bundle",
+                        calibration_size=16, validation_size=16)
+    dense = load_bundle(llama_bundle / "bundle")
+    base = {"device": "cpu", "calibration_size": 16, "validation_size": 16, "max_accuracy_drop": 100,
+            "recovery": {"step_budget": 3, "final_budget": 5, "batch_size": 16, "augment": False}}
+    layers = compress(dense, data, Recipe.from_dict({**base, "filter": {"enabled": False},
+                                                     "layer": {"max_removals": 1, "epsilon": 100}}))
+    removed = [s for s in layers.steps if s.action == "remove_block"]
+    assert len(removed) == 1 and sum(isinstance(m, torch.nn.Identity) for m in layers.model.layers) == 1
+    heads = compress(dense, data, Recipe.from_dict({**base, "target_macs_reduction": 1.6, "layer": {"enabled": False},
+                                                    "filter": {"steps": 3, "p0": 0.3, "round_to": 1}}))
+    kept = [m.attention.num_heads for m in heads.model.layers]
+    assert sum(kept) < 2 * 3 and all(m.gate_proj.out_features < 40 for m in heads.model.layers)  # groups and neurons
+    for m in heads.model.layers:  # a key-value group goes with its query heads
+        a = m.attention
+        assert (a.k_proj.out_features, a.q_proj.out_features) == (a.num_heads * 8, a.num_heads * 3 * 8)
+    for model in (layers.model, heads.model):  # the compressed LM saves and reloads to identical outputs
+        save_bundle(model, tmp_path / "b", input_shape=(T,))
+        again = load_bundle(tmp_path / "b")
+        with torch.inference_mode():
+            assert torch.equal(again(data.test_x), model(data.test_x))
+        metrics = evaluate_model(again, data)
+        assert metrics["test_ppl"] == pytest.approx(evaluate_model(model, data)["test_ppl"])
+        assert metrics["test_ppl"] == pytest.approx(math.exp(mean_token_ce(model, data.test_x, data.test_y)))
