@@ -82,6 +82,13 @@ def is_lm(data) -> bool:
     return getattr(data, "task", None) == "lm"
 
 
+def eval_batch_size(data, batch_size: int) -> int:
+    """``batch_size``, made smaller for a language model so one batch's logits (B, T, V) stay near 128 MiB."""
+    if not is_lm(data):
+        return batch_size
+    return max(1, min(batch_size, _LOGITS_PER_BATCH // max(1, data.block_size * data.vocab_size)))
+
+
 def is_lm_source(path: str | os.PathLike) -> bool:
     """A plain ``.txt`` file, or a dataset spec with ``kind: lm``."""
     p = Path(path)
@@ -267,5 +274,5 @@ def lm_metrics(model: nn.Module, data: LMSplits, *, batch_size: int = 32, device
                                                batch_size=batch_size, device=device)) for s in ("val", "test")}
 
 
-__all__ = ["LMSplits", "is_lm", "is_lm_source", "lm_metrics", "lm_splits_from", "load_lm_dataset", "mean_token_ce",
+__all__ = ["LMSplits", "eval_batch_size", "is_lm", "is_lm_source", "lm_metrics", "lm_splits_from", "load_lm_dataset", "mean_token_ce",
            "token_loss", "token_windows"]

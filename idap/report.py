@@ -26,9 +26,9 @@ SPEEDUP_AGREEMENT = 0.8
 def evaluate_model(model: nn.Module, data: DataSplits, *, batch_size: int = 512, device=None) -> dict:
     """Accuracy on validation and test (percent), params and MACs at the dataset's input size; for a language
     model (``idap.lm_task``) the accuracy is next-token top-1 and ``val_ppl`` / ``test_ppl`` are added."""
-    from idap.lm_task import is_lm, lm_metrics
+    from idap.lm_task import eval_batch_size, is_lm, lm_metrics
 
-    shape = sample_shape(data)
+    shape, batch_size = sample_shape(data), eval_batch_size(data, batch_size)
     out = {
         "val_acc": accuracy(model, data.val_x, data.val_y, batch_size=batch_size, device=device),
         "test_acc": accuracy(model, data.test_x, data.test_y, batch_size=batch_size, device=device),

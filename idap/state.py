@@ -170,7 +170,10 @@ class RunContext:
         return self.data.calib_x[:n], self.data.calib_y[:n]
 
     def evaluate(self, model: nn.Module) -> float:
-        return accuracy(model, self.data.val_x, self.data.val_y, batch_size=self.recipe.eval_batch_size, device=self.device)
+        from idap.lm_task import eval_batch_size  # a language model: batches whose (B, T, V) logits fit
+
+        return accuracy(model, self.data.val_x, self.data.val_y, device=self.device,
+                        batch_size=eval_batch_size(self.data, self.recipe.eval_batch_size))
 
     def macs(self, model: nn.Module) -> int:
         return count_macs(model, self.input_shape)
