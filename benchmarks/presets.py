@@ -165,7 +165,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            "the reduced train split) of recovery + fine-tune per method; read it as a smoke test of the mode",
            train_epochs=10, train_limit=8000, test_limit=2000, budget_pp=1.0, targets=(), ablation_targets=(),
            block_counts=(), seeds=(0,), methods=("idap++", "tp-l1", "tp-taylor"), p0=0.05, filter_steps=8,
-           step_budget=20, total_budget=320, calibration_size=512, validation_size=2000, stage_val_size=1000,
+           step_budget=20, total_budget=320, calibration_size=512, validation_size=2000, stage_val_size=2000,
            speed_rounds=3, speed_repeats=20, recipe_overrides=("recovery.final_reserve=0.4",)),
     Preset("digits-smoke", "digits", "resnet20",
            "CI miniature on scikit-learn digits (8x8): every method, one target, one seed, a handful of steps",

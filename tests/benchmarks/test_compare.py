@@ -90,6 +90,10 @@ def test_method_recipes_pin_their_ranking():
     assert METHODS["idap++"].recipe(base, target=3.0).filter.ranking == "score_per_mac"
     assert METHODS["idap++-score-ranking"].recipe(base, target=3.0).filter.ranking == "score"
     assert METHODS["idap++-previous-teacher"].recipe(base, target=3.0).recovery.teacher == "previous"
+    # budget mode (no target caps a step): the spec's ranking, unless the method names its own
+    assert METHODS["idap++"].recipe(base, budget=1.0).filter.ranking == "score"
+    assert METHODS["idap++"].recipe(base, budget=1.0).target_macs_reduction is None
+    assert METHODS["tp-taylor-per-mac"].recipe(base, budget=1.0).filter.ranking == "score_per_mac"
 
 
 def test_set_overrides_every_method_and_rejects_a_bad_key(tmp_path):
