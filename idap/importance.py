@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import Tensor, nn
 
 from idap.divergence import FlowProfile, flow_profile
+from idap.lm_task import token_loss
 from idap.surgery import ChannelGroup, attention_modules
 
 
@@ -148,7 +149,8 @@ class FPGMImportance(_TorchPruningCriterion):
 
 @register_importance("taylor")
 class TaylorImportance(_TorchPruningCriterion):
-    """First-order Taylor: gradients of the CE loss over the calibration split (eval mode, no BN drift)."""
+    """First-order Taylor: gradients of the CE loss over the calibration split (eval mode, no BN drift); for a
+    language model the next-token CE over every target token (``idap.lm_task.token_loss``)."""
 
     def __init__(self):
         super().__init__(tp.importance.TaylorImportance())
@@ -163,7 +165,7 @@ class TaylorImportance(_TorchPruningCriterion):
                 for start in range(0, len(ctx.x), ctx.batch_size):
                     xb = ctx.x[start:start + ctx.batch_size].to(device)
                     yb = ctx.y[start:start + ctx.batch_size].to(device)
-                    loss = nn.functional.cross_entropy(model(xb), yb, reduction="sum") / len(ctx.x)
+                    loss = token_loss(model(xb), yb, reduction="sum") / len(ctx.x)
                     loss.backward()
         finally:
             model.train(was_training)

@@ -201,3 +201,23 @@ def test_idap_compress_removes_decoder_layers_and_prunes_kv_groups_on_the_lm_tas
         metrics = evaluate_model(again, data)
         assert metrics["test_ppl"] == pytest.approx(evaluate_model(model, data)["test_ppl"])
         assert metrics["test_ppl"] == pytest.approx(math.exp(mean_token_ce(model, data.test_x, data.test_y)))
+
+
+@pytest.mark.parametrize("importance", ["taylor", "l1"])
+def test_peer_criteria_prune_a_language_model(llama_bundle, tmp_path, importance):
+    """Torch-Pruning's criteria on the LM task: Taylor's gradients come from the next-token loss over every token."""
+    from idap import Recipe, compress
+    from idap.bundle import load_bundle
+    from idap.metrics import count_macs
+
+    data = load_dataset(str(write_book(tmp_path / "book.txt")), tokenizer=llama_bundle / "bundle",
+                        calibration_size=16, validation_size=16)
+    dense = load_bundle(llama_bundle / "bundle")
+    result = compress(dense, data, Recipe.from_dict({
+        "device": "cpu", "calibration_size": 16, "validation_size": 16, "max_accuracy_drop": 100,
+        "target_macs_reduction": 1.3, "layer": {"enabled": False},
+        "filter": {"importance": importance, "steps": 2, "p0": 0.3, "round_to": 1},
+        "recovery": {"step_budget": 1, "final_budget": 1, "batch_size": 16, "augment": False}}))
+    assert count_macs(dense, (T,)) / count_macs(result.model, (T,)) >= 1.3
+    assert sum(m.gate_proj.out_features for m in result.model.layers) < sum(
+        m.gate_proj.out_features for m in dense.layers)
