@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idap.data import DataError, DataSplits
-from idap.text import _check_local, _read_spec, check_tokenizer, load_tokenizer
+from idap.text import _check_local, _read_spec, check_tokenizer, load_tokenizer, read_spec_fields
 
 _SPEC_KEYS = {"kind", "path", "tokenizer", "block_size", "max_tokens", "test_fraction", "name"}
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -148,13 +148,8 @@ def load_lm_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
     if p.is_dir():
         raise DataError(f"{p}: expected a plain text file (or a kind: lm spec), got a folder")
     if p.suffix in _SPEC_SUFFIXES:
-        spec = _read_spec(p)
-        unknown = sorted(set(spec) - _SPEC_KEYS)
-        if unknown:
-            raise DataError(f"{p}: unknown lm dataset fields {unknown}; valid: {sorted(_SPEC_KEYS)}")
-        if not spec.get("path"):
-            raise DataError(f"{p}: a kind: lm dataset spec needs 'path' (a plain text file)")
-        file = _check_local(p.parent / spec["path"] if not Path(spec["path"]).is_absolute() else spec["path"])
+        spec, named = read_spec_fields(p, _SPEC_KEYS, "lm", "a plain text file")
+        file = _check_local(named)
     model_dir = Path(tokenizer) if tokenizer is not None else None
     vocab, length, model_tok = _model_facts(model_dir)
     tok_file = model_tok

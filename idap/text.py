@@ -240,6 +240,19 @@ def _read_spec(path: Path) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+def read_spec_fields(path: Path, keys: set[str], kind: str, names: str) -> tuple[dict, Path]:
+    """A ``kind`` dataset spec's fields (unknown ones refused, listing the valid ones) and the data path it
+    names (``names`` says what it should be), relative to the spec's folder unless absolute."""
+    spec = _read_spec(path)
+    unknown = sorted(set(spec) - keys)
+    if unknown:
+        raise DataError(f"{path}: unknown {kind} dataset fields {unknown}; valid: {sorted(keys)}")
+    if not spec.get("path"):
+        raise DataError(f"{path}: a {kind} dataset spec needs 'path' ({names})")
+    target = Path(spec["path"])
+    return spec, target if target.is_absolute() else path.parent / target
+
+
 def load_text_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike | None = None,
                       max_length: int | None = None, seed: int = 0, calibration_size: int = 128,
                       validation_size: int = 256, train_limit: int | None = None,
@@ -258,13 +271,7 @@ def load_text_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
     spec: dict = {}
     root = p
     if p.is_file():
-        spec = _read_spec(p)
-        unknown = sorted(set(spec) - _SPEC_KEYS)
-        if unknown:
-            raise DataError(f"{p}: unknown text dataset fields {unknown}; valid: {sorted(_SPEC_KEYS)}")
-        if not spec.get("path"):
-            raise DataError(f"{p}: a text dataset spec needs 'path' (a folder of class subfolders of .txt files)")
-        root = (p.parent / spec["path"]) if not Path(spec["path"]).is_absolute() else Path(spec["path"])
+        spec, root = read_spec_fields(p, _SPEC_KEYS, "text", "a folder of class subfolders of .txt files")
         if spec.get("tokenizer"):
             t = Path(spec["tokenizer"])
             tokenizer = t if t.is_absolute() else p.parent / t

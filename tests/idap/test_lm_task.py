@@ -15,7 +15,7 @@ from idap.lm_task import LMSplits, mean_token_ce, token_loss, token_windows
 from idap.metrics import accuracy
 from idap.recovery import recover
 
-from .text_fixtures import WORDS, hf_llama_dir, word_tokenizer
+from .text_fixtures import WORDS, hf_llama_dir, tiny_recipe, word_tokenizer
 
 pytest.importorskip("transformers")
 T = 16
@@ -138,10 +138,7 @@ def test_idap_compress_and_evaluate_on_a_llama_bundle_and_a_text_file(llama_bund
     from idap.metrics import count_params
 
     book = write_book(tmp_path / "book.txt")
-    (tmp_path / "r.yaml").write_text(
-        "calibration_size: 16\nvalidation_size: 16\neval_batch_size: 64\ndevice: cpu\nmax_accuracy_drop: 50\n"
-        "target_macs_reduction: 1.3\nfilter: {steps: 2, p0: 0.2}\n"
-        "recovery: {step_budget: 5, final_budget: 10, batch_size: 16, augment: false}\n")
+    tiny_recipe(tmp_path / "r.yaml", final_budget=10)
     assert main(["compress", "--model-dir", str(llama_bundle / "bundle"), "--dataset", str(book), "--recipe",
                  str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--quiet", "--no-latency"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])

@@ -16,7 +16,7 @@ from idap.models import create_model, list_models
 from idap.surgery import channel_groups, dependency_graph, prune_channels, prune_heads, remove_block
 from idap.text_models import import_hf_model
 
-from .text_fixtures import WORDS, hf_bert_dir, hf_llama_dir, text_spec, write_corpus
+from .text_fixtures import WORDS, hf_bert_dir, hf_llama_dir, text_spec, tiny_recipe, write_corpus
 
 pytest.importorskip("transformers")
 L = 16
@@ -121,10 +121,7 @@ def test_idap_import_and_compress_on_a_text_bundle(bert_bundle, tmp_path, capsys
     assert main(["import", "--model", str(root / "hf"), "--num-classes", "3", "--max-length", str(L),
                  "--out", str(tmp_path / "dense")]) == 0
     corpus = write_corpus(tmp_path / "corpus")  # a plain text folder: tokenized with the bundle's own tokenizer
-    (tmp_path / "r.yaml").write_text(
-        "calibration_size: 16\nvalidation_size: 16\neval_batch_size: 64\ndevice: cpu\nmax_accuracy_drop: 50\n"
-        "target_macs_reduction: 1.3\nfilter: {steps: 2, p0: 0.2}\n"
-        "recovery: {step_budget: 5, final_budget: 5, batch_size: 16, augment: false}\n")
+    tiny_recipe(tmp_path / "r.yaml")
     assert main(["compress", "--model-dir", str(tmp_path / "dense"), "--dataset", str(corpus), "--recipe",
                  str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out"), "--quiet", "--no-latency"]) == 0
     model = load_bundle(tmp_path / "out/model")  # parity-checked

@@ -63,3 +63,12 @@ def text_spec(path: Path, corpus: Path, tokenizer: Path, max_length: int = 16) -
     path.write_text(json.dumps({"kind": "text", "path": str(corpus), "tokenizer": str(tokenizer),
                                 "max_length": max_length}))
     return path
+
+
+def tiny_recipe(path: Path, *, final_budget: int = 5) -> Path:
+    """A seconds-long compress recipe for tiny text models: 1.3x fewer MACs in 2 filter steps, short recoveries."""
+    path.write_text(
+        "calibration_size: 16\nvalidation_size: 16\neval_batch_size: 64\ndevice: cpu\nmax_accuracy_drop: 50\n"
+        "target_macs_reduction: 1.3\nfilter: {steps: 2, p0: 0.2}\n"
+        f"recovery: {{step_budget: 5, final_budget: {final_budget}, batch_size: 16, augment: false}}\n")
+    return path
