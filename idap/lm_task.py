@@ -44,7 +44,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from idap.data import DataError, DataSplits
-from idap.text import _check_local, _read_spec, check_tokenizer, load_tokenizer, read_spec_fields
+from idap.text import (
+    _check_local,
+    _read_spec,
+    check_stored_hash,
+    check_tokenizer,
+    load_tokenizer,
+    read_spec_fields,
+)
 
 _SPEC_KEYS = {"kind", "path", "tokenizer", "block_size", "max_tokens", "test_fraction", "name"}
 _SPEC_SUFFIXES = (".yaml", ".yml", ".json")
@@ -225,9 +232,7 @@ def _encode(tok, text: str, max_tokens: int | None) -> list[int]:
 
 def lm_splits_from(meta: dict, fields: dict[str, Tensor], *, stored_hash: str | None, where) -> LMSplits:
     """Rebuild :class:`LMSplits` from ``save_splits``' metadata and tensors (their hashes must agree)."""
-    if stored_hash != meta["content_hash"]:
-        raise DataError(f"{where}: the token tensors (hash {stored_hash}) and the metadata (hash "
-                        f"{meta['content_hash']}) come from different datasets")
+    check_stored_hash(meta, stored_hash, where)
     size = int(meta["block_size"])
     return LMSplits(name=meta["name"], num_classes=int(meta["num_classes"]), in_channels=1, image_size=size,
                     content_hash=meta["content_hash"], seed=int(meta["seed"]), block_size=size,

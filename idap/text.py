@@ -299,12 +299,17 @@ def load_text_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike |
     return dataclasses.replace(data, **changes) if changes else data
 
 
-def text_splits_from(meta: dict, fields: dict[str, Tensor], *, stored_hash: str | None, where) -> TextSplits:
-    """Rebuild :class:`TextSplits` from ``save_splits``' metadata (``describe()``) and tensors, whose recorded
-    content hash must be the metadata's."""
+def check_stored_hash(meta: dict, stored_hash: str | None, where) -> None:
+    """Saved token splits: the tensors' recorded content hash must be the metadata's."""
     if stored_hash != meta["content_hash"]:
         raise DataError(f"{where}: the token tensors (hash {stored_hash}) and the metadata (hash "
                         f"{meta['content_hash']}) come from different datasets")
+
+
+def text_splits_from(meta: dict, fields: dict[str, Tensor], *, stored_hash: str | None, where) -> TextSplits:
+    """Rebuild :class:`TextSplits` from ``save_splits``' metadata (``describe()``) and tensors, whose recorded
+    content hash must be the metadata's."""
+    check_stored_hash(meta, stored_hash, where)
     length = int(meta["max_length"])
     return TextSplits(name=meta["name"], num_classes=int(meta["num_classes"]), in_channels=1, image_size=length,
                       content_hash=meta["content_hash"], seed=int(meta["seed"]), max_length=length,
