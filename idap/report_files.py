@@ -34,6 +34,11 @@ def _json_default(value):
     raise TypeError(f"not JSON-able: {type(value).__name__}")
 
 
+def _accuracy(report: dict) -> str:
+    """What the accuracy rows measure: top-1 accuracy, or for a language model next-token top-1 accuracy."""
+    return "next-token accuracy" if report.get("dataset", {}).get("kind") == "lm" else "accuracy"
+
+
 def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
     d, c, r = report["dense"], report["compressed"], report["ratios"]
     lines = [
@@ -41,8 +46,8 @@ def render_markdown(report: dict, images: dict[str, str] | None = None) -> str:
         "",
         "| | dense | compressed | change |",
         "|---|---:|---:|---:|",
-        f"| validation accuracy (%) | {d['val_acc']:.2f} | {c['val_acc']:.2f} | {-r['val_acc_drop_pp']:+.2f} pp |",
-        f"| test accuracy (%) | {d['test_acc']:.2f} | {c['test_acc']:.2f} | {-r['test_acc_drop_pp']:+.2f} pp |",
+        f"| validation {_accuracy(report)} (%) | {d['val_acc']:.2f} | {c['val_acc']:.2f} | {-r['val_acc_drop_pp']:+.2f} pp |",
+        f"| test {_accuracy(report)} (%) | {d['test_acc']:.2f} | {c['test_acc']:.2f} | {-r['test_acc_drop_pp']:+.2f} pp |",
         *[f"| {name} perplexity | {d[k]:.3f} | {c[k]:.3f} | {fmt(r.get(k + '_ratio'), '.3f')}x |"  # a language model
           for name, k in (("validation", "val_ppl"), ("test", "test_ppl")) if k in d and k in c],
         f"| params | {fmt(d['params'])} | {fmt(c['params'])} | {fmt(r['params_reduction'], '.2f')}x fewer |",
@@ -102,8 +107,10 @@ def summary_lines(report: dict) -> list[str]:
         return "n/a" if v is None else format(v, spec)
 
     rows = [
-        ("validation accuracy (%)", num(d["val_acc"], ".2f"), num(c["val_acc"], ".2f"), f"{-r['val_acc_drop_pp']:+.2f} pp"),
-        ("test accuracy (%)", num(d["test_acc"], ".2f"), num(c["test_acc"], ".2f"), f"{-r['test_acc_drop_pp']:+.2f} pp"),
+        (f"validation {_accuracy(report)} (%)", num(d["val_acc"], ".2f"), num(c["val_acc"], ".2f"),
+         f"{-r['val_acc_drop_pp']:+.2f} pp"),
+        (f"test {_accuracy(report)} (%)", num(d["test_acc"], ".2f"), num(c["test_acc"], ".2f"),
+         f"{-r['test_acc_drop_pp']:+.2f} pp"),
         *[(f"{name} perplexity", num(d[k], ".3f"), num(c[k], ".3f"), f"{num(r.get(k + '_ratio'), '.3f')}x")
           for name, k in (("validation", "val_ppl"), ("test", "test_ppl")) if k in d and k in c],
         ("params", num(d["params"], ","), num(c["params"], ","), f"{num(r['params_reduction'], '.2f')}x fewer"),

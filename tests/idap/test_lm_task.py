@@ -150,6 +150,7 @@ def test_idap_compress_and_evaluate_on_a_llama_bundle_and_a_text_file(llama_bund
     assert printed["test_ppl_ratio"] == report["ratios"]["test_ppl_ratio"]
     md = (tmp_path / "out/report.md").read_text()
     assert f"| test perplexity | {d['test_ppl']:.3f} | {c['test_ppl']:.3f} |" in md
+    assert f"| test next-token accuracy (%) | {d['test_acc']:.2f} | {c['test_acc']:.2f} |" in md
     model = load_bundle(tmp_path / "out/model")  # parity-checked on reload
     assert count_params(model) < count_params(load_bundle(llama_bundle / "bundle"))
     assert set(model.idap_tokenizer) == {"tokenizer.json"}
