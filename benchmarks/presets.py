@@ -156,17 +156,17 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            block_counts=(), seeds=(0, 1), methods=BUDGET_METHODS, goal_target=2.12, p0=0.05, filter_steps=12,
            step_budget=120, total_budget=3000, batch_size=256, stage_val_size=2000,
            recipe_overrides=("recovery.final_reserve=0.4",)),
-    # The 2-core CPU version: REDUCED (8,000 training images, dense 10 epochs, one seed, budget mode only, three
-    # contenders); 5 epochs of its train split of recovery + fine-tune (320 steps x 128). About 1-2 h in the
-    # background on 2 shared cores; resumable (every job cached).
+    # The 2-core CPU version: REDUCED (8,000 training images, dense 10 epochs, two seeds, budget mode only, three
+    # contenders); 5 epochs of its train split of recovery + fine-tune (320 steps x 128). Measured: 40 min at a
+    # load average of ~2 on the 2-core VM (dense 9 min, cached after); resumable (every job cached).
     Preset("budget-fashion-resnet20-reduced", "fashion-mnist", "resnet20",
            "REDUCED CPU run of budget mode at 1 pp: ResNet-20 on 8,000 Fashion-MNIST training images, dense 10 "
-           "epochs, one seed, IDAP++ vs Torch-Pruning L1 and Taylor, 320 optimizer steps of batch 128 (5 epochs of "
+           "epochs, two seeds, IDAP++ vs Torch-Pruning L1 and Taylor, 320 optimizer steps of batch 128 (5 epochs of "
            "the reduced train split) of recovery + fine-tune per method; read it as a smoke test of the mode",
            train_epochs=10, train_limit=8000, test_limit=2000, budget_pp=1.0, targets=(), ablation_targets=(),
-           block_counts=(), seeds=(0,), methods=("idap++", "tp-l1", "tp-taylor"), p0=0.05, filter_steps=8,
+           block_counts=(), seeds=(0, 1), methods=("idap++", "tp-l1", "tp-taylor"), p0=0.05, filter_steps=8,
            step_budget=20, total_budget=320, calibration_size=512, validation_size=2000, stage_val_size=2000,
-           speed_rounds=3, speed_repeats=20, recipe_overrides=("recovery.final_reserve=0.4",)),
+           speed_rounds=7, speed_repeats=50, recipe_overrides=("recovery.final_reserve=0.4",)),
     Preset("digits-smoke", "digits", "resnet20",
            "CI miniature on scikit-learn digits (8x8): every method, one target, one seed, a handful of steps",
            train_epochs=15, train_batch=64, targets=(2.0,), ablation_targets=(2.0,), block_counts=(2,),
