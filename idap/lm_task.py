@@ -45,11 +45,11 @@ from torch import Tensor, nn
 
 from idap.data import DataError, DataSplits
 from idap.text import (
-    _check_local,
-    _read_spec,
+    check_local,
     check_stored_hash,
     check_tokenizer,
     load_tokenizer,
+    read_spec,
     read_spec_fields,
 )
 
@@ -101,7 +101,7 @@ def is_lm_source(path: str | os.PathLike) -> bool:
     p = Path(path)
     if not p.is_file():
         return False
-    return p.suffix == ".txt" or (p.suffix in _SPEC_SUFFIXES and _read_spec(p).get("kind") == "lm")
+    return p.suffix == ".txt" or (p.suffix in _SPEC_SUFFIXES and read_spec(p).get("kind") == "lm")
 
 
 def token_windows(ids: list[int] | Tensor, block_size: int) -> tuple[Tensor, Tensor]:
@@ -149,14 +149,14 @@ def load_lm_dataset(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
             quarter of it.
         train_limit, test_limit: seeded subsamples of the train / test windows.
     """
-    p = _check_local(path)
+    p = check_local(path)
     spec: dict = {}
     file = p
     if p.is_dir():
         raise DataError(f"{p}: expected a plain text file (or a kind: lm spec), got a folder")
     if p.suffix in _SPEC_SUFFIXES:
         spec, named = read_spec_fields(p, _SPEC_KEYS, "lm", "a plain text file")
-        file = _check_local(named)
+        file = check_local(named)
     model_dir = Path(tokenizer) if tokenizer is not None else None
     vocab, length, model_tok = _model_facts(model_dir)
     tok_file = model_tok

@@ -77,7 +77,8 @@ def load_tokenizer(path: str | os.PathLike):
     return Tokenizer.from_file(str(file))
 
 
-def _check_local(path: str | os.PathLike) -> Path:
+def check_local(path: str | os.PathLike) -> Path:
+    """``path`` as a local Path that exists (a URI or a missing path is a DataError naming it)."""
     text = str(path)
     if "://" in text:
         raise DataError(f"{text}: the library reads local paths; fetch remote data first (idap's CLI does this "
@@ -90,7 +91,7 @@ def _check_local(path: str | os.PathLike) -> Path:
 
 def read_text_folder(root: str | os.PathLike) -> tuple[list[str], list[int], list[str]]:
     """Texts, labels and class names of a folder of class subfolders holding ``.txt`` files (sorted)."""
-    root = _check_local(root)
+    root = check_local(root)
     if not root.is_dir():
         raise DataError(f"{root}: expected a folder of class subfolders with .txt files, got a file")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -200,7 +201,7 @@ def load_text_file(path: str | os.PathLike, tokenizer, *, block_size: int = 128,
                    test_fraction: float = 0.1, vocab_size: int | None = None) -> dict[str, Tensor]:
     """A plain text file for language modelling: token windows (N, block_size), contiguous train / validation
     / test parts (the last ``test_fraction`` of the text is test, the ``test_fraction`` before it validation)."""
-    p = _check_local(path)
+    p = check_local(path)
     if p.is_dir():
         raise DataError(f"{p}: expected a plain text file, got a folder")
     if vocab_size is not None:
@@ -227,10 +228,11 @@ def is_text_source(path: str | os.PathLike) -> bool:
     p = Path(path)
     if p.is_dir():
         return any(p.glob("*/*.txt"))
-    return p.is_file() and p.suffix in (".yaml", ".yml", ".json") and _read_spec(p).get("kind") == "text"
+    return p.is_file() and p.suffix in (".yaml", ".yml", ".json") and read_spec(p).get("kind") == "text"
 
 
-def _read_spec(path: Path) -> dict:
+def read_spec(path: Path) -> dict:
+    """A YAML / JSON dataset spec as a dict (``{}`` when it is not a mapping; unreadable: DataError)."""
     import yaml
 
     try:
@@ -243,7 +245,7 @@ def _read_spec(path: Path) -> dict:
 def read_spec_fields(path: Path, keys: set[str], kind: str, names: str) -> tuple[dict, Path]:
     """A ``kind`` dataset spec's fields (unknown ones refused, listing the valid ones) and the data path it
     names (``names`` says what it should be), relative to the spec's folder unless absolute."""
-    spec = _read_spec(path)
+    spec = read_spec(path)
     unknown = sorted(set(spec) - keys)
     if unknown:
         raise DataError(f"{path}: unknown {kind} dataset fields {unknown}; valid: {sorted(keys)}")
