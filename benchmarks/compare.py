@@ -33,6 +33,7 @@ from benchmarks.jobs import (
     input_shape,
     plan_jobs,
     run_job,
+    runs_dir,
 )
 from benchmarks.methods import METHODS
 from benchmarks.plan import ROOT, machine_info, make_plan, print_plan, probe_step_seconds
@@ -68,7 +69,7 @@ def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_n
                         test_limit=preset.test_limit)
     jobs = plan_jobs(preset)
     dense_dir = work / "dense" / f"{preset.model}-{digest(dense_settings(preset))}"
-    done = {j.key for j in jobs if (work / preset.name / j.key / "result.json").is_file()}
+    done = {j.key for j in jobs if (runs_dir(work, preset) / j.key / "result.json").is_file()}
     plan = {} if worker else make_plan(preset, jobs, data, probe_step_seconds(preset, data, device),
                                        dense_cached=(dense_dir / "dense.json").is_file(), done=done)
     if not worker:
@@ -111,10 +112,10 @@ def run_comparison(preset: Preset, *, out: Path, work: Path, stem: str, device_n
     # Every timed model comes from its bundle, the dense one too: the same kind of object, freshly loaded
     # (once, a dense model that had served all run long timed 2x slower than its identical control).
     models = {"dense": load_bundle(dense_dir / "model")}
-    models.update({r["key"]: load_bundle(work / preset.name / r["key"] / "model") for r in results})
+    models.update({r["key"]: load_bundle(runs_dir(work, preset) / r["key"] / "model") for r in results})
     load_before = [round(v, 2) for v in os.getloadavg()]
     # A discarded pass first: whichever model is timed first would otherwise also pay for cold caches.
-    onnx = onnx_exports(models, {"dense": dense_dir, **{r["key"]: work / preset.name / r["key"] for r in results}},
+    onnx = onnx_exports(models, {"dense": dense_dir, **{r["key"]: runs_dir(work, preset) / r["key"] for r in results}},
                         input_shape(data))
     measure_speed(models, input_shape(data), rounds=1, repeats=max(3, preset.speed_repeats // 5))
     speed = measure_speed(models, input_shape(data), rounds=preset.speed_rounds, repeats=preset.speed_repeats,

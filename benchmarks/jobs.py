@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from benchmarks.methods import CONTROL, METHODS
-from benchmarks.presets import Preset
+from benchmarks.presets import PRESETS, Preset
 from idap.atomic import write_text
 from idap.bundle import load_bundle, save_bundle
 from idap.cli import log
@@ -113,6 +113,16 @@ def input_shape(data: DataSplits) -> tuple[int, int, int]:
 
 
 # ---- the dense model -------------------------------------------------------------------------------
+def runs_dir(work: Path, preset: Preset) -> Path:
+    """Where the preset's runs are cached: ``work/<preset>``, or ``work/<preset>--set-<digest>`` when ``--set``
+    added recipe overrides, so a variant never overwrites the cached runs of the preset itself (or of another
+    variant; the cache key inside still guards against any other change)."""
+    default = PRESETS[preset.name].recipe_overrides if preset.name in PRESETS else ()
+    extra = preset.recipe_overrides[len(default):] if preset.recipe_overrides[:len(default)] == default else (
+        preset.recipe_overrides)
+    return work / (f"{preset.name}--set-{digest(list(extra))}" if extra else preset.name)
+
+
 def dense_settings(preset: Preset) -> dict:
     return {k: getattr(preset, k) for k in ("dataset", "model", "train_epochs", "train_lr", "train_batch",
                                             "train_limit", "test_limit", "data_seed", "calibration_size",
@@ -190,7 +200,7 @@ def run_job(job: Job, preset: Preset, *, dense: nn.Module, dense_info: dict, dat
                   "dense": dense_info["digest"], "total_budget": preset.total_budget,
                   "stage_val_size": preset.stage_val_size, "method": job.method,
                   **({"procedure": PROCEDURE} if recipe.layer.enabled and recipe.filter.enabled else {})})
-    directory = work / preset.name / job.key
+    directory = runs_dir(work, preset) / job.key
     cached = read_json(directory / "result.json")
     if cached is not None and cached.get("cache_key") == key and (directory / "model").is_dir():
         log(f"{job.key}: cached")

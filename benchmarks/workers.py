@@ -8,7 +8,7 @@ import subprocess
 import traceback
 from pathlib import Path
 
-from benchmarks.jobs import Job, run_job
+from benchmarks.jobs import Job, run_job, runs_dir
 from benchmarks.presets import Preset
 from idap.cli import log
 
@@ -33,7 +33,7 @@ def run_workers(preset: Preset, work: Path, worker_argv: list[str], workers: int
     For a machine with many cores or a GPU: each worker trains on the same device with its own torch
     threads. Stale claims of an interrupted run are cleared first (only one parent runs per work folder).
     """
-    for stale in (work / preset.name).rglob(CLAIM):
+    for stale in runs_dir(work, preset).rglob(CLAIM):
         stale.unlink(missing_ok=True)
     log(f"starting {workers} worker processes")
     procs = [subprocess.Popen(worker_argv) for _ in range(workers)]
@@ -50,7 +50,7 @@ def run_worker_jobs(jobs: list[Job], preset: Preset, work: Path, **kwargs) -> in
     """A worker: run every unclaimed job, keep going past a failed one; the number of failed jobs."""
     failed = 0
     for job in jobs:
-        directory = work / preset.name / job.key
+        directory = runs_dir(work, preset) / job.key
         if not claim(directory):
             continue
         try:

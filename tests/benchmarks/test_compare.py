@@ -199,3 +199,16 @@ def test_budget_goals_compare_macs_and_speed_within_the_budget():
     assert status["measured batch-1 speed-up"] == "met"
     assert verdicts[-1]["status"] == "met"  # every validation drop 0.5 pp <= 1 pp
     assert budget_goals(rows, {"val_acc": 90.0}, None) == []
+
+
+def test_a_set_variant_caches_its_runs_apart_from_the_preset(tmp_path):
+    from dataclasses import replace
+
+    from benchmarks.jobs import runs_dir
+
+    preset = PRESETS["budget-fashion-resnet20-reduced"]
+    plain = runs_dir(tmp_path, preset)
+    slack = runs_dir(tmp_path, replace(preset, recipe_overrides=(*preset.recipe_overrides, "stage_slack=1.5")))
+    other = runs_dir(tmp_path, replace(preset, recipe_overrides=(*preset.recipe_overrides, "stage_slack=0.5")))
+    assert plain == tmp_path / preset.name and len({plain, slack, other}) == 3
+    assert slack == runs_dir(tmp_path, replace(preset, recipe_overrides=(*preset.recipe_overrides, "stage_slack=1.5")))
