@@ -4,15 +4,10 @@ runs before the model is read, so the spec names the tokenizer); the compressed 
 (sqlite) with its perplexity on the pipeline's parent run."""
 
 import json
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from idap.bundle import load_bundle
 from idap.data import load_splits
@@ -20,16 +15,12 @@ from idap.lm_task import mean_token_ce
 from idap.text_models import import_hf_model
 from tests.idap.test_lm_task import write_book
 from tests.idap.text_fixtures import hf_llama_dir
+from tests.pipelines.text_runs import run_compress
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("transformers")
 
 T = 16
-RECIPE = {
-    "calibration_size": 16, "validation_size": 16, "eval_batch_size": 64, "device": "cpu", "max_accuracy_drop": 50.0,
-    "target_macs_reduction": 1.3, "filter": {"steps": 2, "p0": 0.2},
-    "recovery": {"step_budget": 5, "final_budget": 5, "batch_size": 16, "augment": False},
-}
 NAME = "idap-tiny-llama-lm"
 
 
@@ -39,20 +30,7 @@ def run(tmp_path_factory):
     import_hf_model(hf_llama_dir(root / "hf"), root / "dense", max_length=T)
     write_book(root / "book.txt")
     (root / "book.yaml").write_text(f"kind: lm\npath: book.txt\ntokenizer: dense\nblock_size: {T}\n")
-    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
-    env = {**os.environ, "IDAP_WORKDIR": str(root / "work"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'work/mlflow.db'}",
-           "IDAP_EXPERIMENT": "lm-run-test", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "compress", "--recipe", str(root / "recipe.yaml"),
-         "--param", f"dataset={root / 'book.yaml'}", "--param", f"base_model_uri={root / 'dense'}",
-         "--param", "measure_latency=false", "--param", f"registered_name={NAME}", "--param", "run_name=lm-e2e"],
-        env=env, capture_output=True, text=True, timeout=1800)  # ~2 min idle on 2 cores
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    printed = dict(re.findall(r"^([a-z][A-Za-z ()]+): (.+)$", proc.stdout, flags=re.M))
-    pipeline_root = Path(printed["all step outputs"])
-    return {"root": root, "env": env, "stdout": proc.stdout, "model": Path(printed["compressed model (bundle)"]),
-            "report": Path(printed["report"]), "data": next(pipeline_root.glob("*/prepare-data/data"))}
+    return run_compress(root, dataset=root / "book.yaml", base_model=root / "dense", name=NAME, experiment="lm-run-test")
 
 
 def test_the_compressed_lm_is_smaller_and_its_report_has_perplexity(run):

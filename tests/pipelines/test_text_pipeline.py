@@ -2,31 +2,21 @@
 Hugging Face directory, a tiny text corpus as a `kind: text` dataset spec; the compressed model is registered in
 MLflow (sqlite) and the registered version, served as a pyfunc on token ids, gives the bundle's logits."""
 
-import os
-import re
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from idap.bundle import load_bundle, read_input_spec
 from idap.data import load_splits
 from idap.text_models import import_hf_model
 from tests.idap.text_fixtures import hf_bert_dir, text_spec, write_corpus
+from tests.pipelines.text_runs import run_compress
 
 pytestmark = pytest.mark.slow
 pytest.importorskip("transformers")
 
 L = 16
-RECIPE = {
-    "calibration_size": 16, "validation_size": 16, "eval_batch_size": 64, "device": "cpu", "max_accuracy_drop": 50.0,
-    "target_macs_reduction": 1.3, "filter": {"steps": 2, "p0": 0.2},
-    "recovery": {"step_budget": 5, "final_budget": 5, "batch_size": 16, "augment": False},
-}
 NAME = "idap-tiny-bert-text"
 
 
@@ -35,20 +25,7 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("text-run")
     import_hf_model(hf_bert_dir(root / "hf"), root / "dense", num_classes=3, max_length=L)
     spec = text_spec(root / "corpus.json", write_corpus(root / "corpus"), root / "dense", max_length=L)
-    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
-    env = {**os.environ, "IDAP_WORKDIR": str(root / "work"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'work/mlflow.db'}",
-           "IDAP_EXPERIMENT": "text-run-test", "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
-           "DO_NOT_TRACK": "true"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipelines.cli", "pipeline", "run", "compress", "--recipe", str(root / "recipe.yaml"),
-         "--param", f"dataset={spec}", "--param", f"base_model_uri={root / 'dense'}", "--param", "measure_latency=false",
-         "--param", f"registered_name={NAME}", "--param", "run_name=text-e2e"],
-        env=env, capture_output=True, text=True, timeout=1800)  # 8 min on the shared 2 cores, 16+ under load
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-3000:]
-    printed = dict(re.findall(r"^([a-z][A-Za-z ()]+): (.+)$", proc.stdout, flags=re.M))
-    pipeline_root = Path(printed["all step outputs"])
-    return {"root": root, "env": env, "model": Path(printed["compressed model (bundle)"]),
-            "data": next(pipeline_root.glob("*/prepare-data/data"))}
+    return run_compress(root, dataset=spec, base_model=root / "dense", name=NAME, experiment="text-run-test")
 
 
 def test_the_compressed_text_model_is_smaller_and_keeps_its_tokenizer(run):
