@@ -250,9 +250,9 @@ def token_loss(logits: Tensor, y: Tensor, *, reduction: str = "mean") -> Tensor:
     return F.cross_entropy(logits, y, reduction=reduction)
 
 
-@torch.no_grad()
-def mean_token_ce(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 32, device=None) -> float:
-    """Mean next-token cross-entropy (nats) of ``model`` over windows ``x`` with targets ``y``, in eval mode."""
+def token_scores(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 32, device=None) -> tuple[float, float]:
+    """(next-token top-1 accuracy in percent, mean token cross-entropy in nats) of ``model`` over windows ``x``
+    with targets ``y``, in one pass, in eval mode."""
     from idap.metrics import eval_mode, model_device
 
     if len(x) == 0:
@@ -260,19 +260,31 @@ def mean_token_ce(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 3
     target = torch.device(device) if device is not None else model_device(model)
     vocab = getattr(getattr(model, "shape", None), "vocab_size", 1)
     step = max(1, min(batch_size, _LOGITS_PER_BATCH // max(1, x.shape[1] * vocab)))
-    total = 0.0
-    with eval_mode(model):
+    total, correct = 0.0, 0
+    with eval_mode(model), torch.inference_mode():
         for i in range(0, len(x), step):
             logits = model(x[i:i + step].to(target))
-            total += float(token_loss(logits, y[i:i + step].to(logits.device), reduction="sum"))
-    return total / y.numel()
+            labels = y[i:i + step].to(logits.device)
+            total += float(token_loss(logits, labels, reduction="sum"))
+            correct += int((logits.argmax(dim=-1) == labels).sum())
+    return 100.0 * correct / y.numel(), total / y.numel()
+
+
+def mean_token_ce(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 32, device=None) -> float:
+    """Mean next-token cross-entropy (nats) of ``model`` over windows ``x`` with targets ``y``, in eval mode."""
+    return token_scores(model, x, y, batch_size=batch_size, device=device)[1]
 
 
 def lm_metrics(model: nn.Module, data: LMSplits, *, batch_size: int = 32, device=None) -> dict:
-    """``val_ppl`` / ``test_ppl``: exp of the mean token cross-entropy on the validation and test windows."""
-    return {f"{s}_ppl": math.exp(mean_token_ce(model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"),
-                                               batch_size=batch_size, device=device)) for s in ("val", "test")}
+    """``val_acc`` / ``test_acc`` (next-token top-1, percent) and ``val_ppl`` / ``test_ppl`` (exp of the mean
+    token cross-entropy) on the validation and test windows: one forward pass per split."""
+    out = {}
+    for s in ("val", "test"):
+        acc, ce = token_scores(model, getattr(data, f"{s}_x"), getattr(data, f"{s}_y"), batch_size=batch_size,
+                               device=device)
+        out.update({f"{s}_acc": acc, f"{s}_ppl": math.exp(ce)})
+    return out
 
 
 __all__ = ["LMSplits", "eval_batch_size", "is_lm", "is_lm_source", "lm_metrics", "lm_splits_from", "load_lm_dataset", "mean_token_ce",
-           "token_loss", "token_windows"]
+           "token_loss", "token_scores", "token_windows"]

@@ -29,15 +29,12 @@ def evaluate_model(model: nn.Module, data: DataSplits, *, batch_size: int = 512,
     from idap.lm_task import eval_batch_size, is_lm, lm_metrics
 
     shape, batch_size = sample_shape(data), eval_batch_size(data, batch_size)
-    out = {
-        "val_acc": accuracy(model, data.val_x, data.val_y, batch_size=batch_size, device=device),
-        "test_acc": accuracy(model, data.test_x, data.test_y, batch_size=batch_size, device=device),
-        "params": count_params(model),
-        "macs": count_macs(model, shape),
-    }
-    if is_lm(data):
-        out.update(lm_metrics(model, data, batch_size=batch_size, device=device))
-    return out
+    if is_lm(data):  # accuracy and perplexity from the same forward pass over each split
+        out = lm_metrics(model, data, batch_size=batch_size, device=device)
+    else:
+        out = {"val_acc": accuracy(model, data.val_x, data.val_y, batch_size=batch_size, device=device),
+               "test_acc": accuracy(model, data.test_x, data.test_y, batch_size=batch_size, device=device)}
+    return {**out, "params": count_params(model), "macs": count_macs(model, shape)}
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
