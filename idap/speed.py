@@ -31,7 +31,7 @@ def measure_speed(models: dict[str, nn.Module], input_shape: Sequence[int], *, r
         >>> measure_speed({"m": nn.Linear(4, 2)}, (4,), rounds=1, repeats=3)["m"]["latency_ms_b1"] > 0
         True
     """
-    sessions = {name: _ort_session(path) for name, path in (onnx or {}).items() if name in models}
+    sessions = {name: ort_session(path) for name, path in (onnx or {}).items() if name in models}
     lat: dict[str, list[float]] = {k: [] for k in models}
     thr: dict[str, list[float]] = {k: [] for k in models}
     ort_lat: dict[str, list[float]] = {k: [] for k in sessions}
@@ -40,7 +40,7 @@ def measure_speed(models: dict[str, nn.Module], input_shape: Sequence[int], *, r
     for name, model in models.items():  # a discarded warm-up round: first calls pay allocator and kernel setup
         measure_latency(model, input_shape, repeats=3)
         if name in sessions:
-            _time_ort(sessions[name], input_shape, 1, 3)
+            time_ort(sessions[name], input_shape, 1, 3)
     for _ in range(rounds):
         for name, model in models.items():
             r1 = measure_latency(model, input_shape, repeats=repeats)
@@ -49,8 +49,8 @@ def measure_speed(models: dict[str, nn.Module], input_shape: Sequence[int], *, r
             thr[name].append(r64["samples_per_s"])
             info[name] = {"threads": r1.get("threads"), "device": r1.get("device")}
             if name in sessions:
-                ort_lat[name].append(1e3 * _time_ort(sessions[name], input_shape, 1, repeats))
-                ort_thr[name].append(64 / _time_ort(sessions[name], input_shape, 64, max(5, repeats // 3)))
+                ort_lat[name].append(1e3 * time_ort(sessions[name], input_shape, 1, repeats))
+                ort_thr[name].append(64 / time_ort(sessions[name], input_shape, 64, max(5, repeats // 3)))
     out = {k: {"latency_ms_b1": statistics.median(lat[k]), "throughput_b64": statistics.median(thr[k]), **info[k]}
            for k in models}
     for k in sessions:
@@ -60,7 +60,7 @@ def measure_speed(models: dict[str, nn.Module], input_shape: Sequence[int], *, r
     return out
 
 
-def _ort_session(path):
+def ort_session(path):
     """An ONNX Runtime CPU session with torch's thread count, so both runtimes get the same cores."""
     import onnxruntime as ort
 
@@ -77,7 +77,7 @@ def _ort_version() -> str:
     return ort.__version__
 
 
-def _time_ort(session, input_shape: Sequence[int], batch_size: int, repeats: int) -> float:
+def time_ort(session, input_shape: Sequence[int], batch_size: int, repeats: int) -> float:
     """Median seconds of one ``session.run`` on a random batch (after two untimed runs)."""
     x = torch.randn(batch_size, *input_shape).numpy()
     if session.get_inputs()[0].type == "tensor(int64)":  # a text model's token ids (timing ignores their values)
