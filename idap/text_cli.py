@@ -1,4 +1,4 @@
-"""``idap text finetune | compress | evaluate``: the text path of the command line, over the common one.
+"""``idap text finetune | compress | evaluate | export-hf``: the text path of the command line, over the common one.
 
 ``finetune`` imports a pretrained Hugging Face BERT directory (as ``idap import`` does: a bundle with the
 tokenizer inside), trains it with a classification head on a folder of class subfolders and writes the
@@ -10,6 +10,7 @@ very same splits and the fine-tune never trains on what compression validates on
 Example:
     idap text finetune --model path/to/minilm --data bbcnews/data --max-length 128 --steps 300 --out runs/dense
     idap text compress --model-dir runs/dense --data bbcnews/data --target-macs 1.5 --max-drop 1.0 --out runs/small
+    idap text export-hf --model-dir runs/small/model --out runs/small-hf
 """
 
 from __future__ import annotations
@@ -123,6 +124,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                                               "--no-latency"]))
 
 
+def cmd_export_hf(args: argparse.Namespace) -> int:
+    from idap.text_models import export_hf_directory
+
+    print(json.dumps(export_hf_directory(args.model_dir, args.out)))
+    return 0
+
+
 def add_text_commands(sub) -> None:
     """Register ``idap text ...`` on the top-level subparsers."""
     p = sub.add_parser("text", help="text models (BERT encoders): finetune, compress, evaluate")
@@ -160,3 +168,8 @@ def add_text_commands(sub) -> None:
     e.add_argument("--model-dir", required=True)
     data_args(e)
     e.set_defaults(func=cmd_evaluate)
+
+    x = tsub.add_parser("export-hf", help="a text bundle (pruned or not) -> a Hugging Face directory + idap_text.json")
+    x.add_argument("--model-dir", required=True, help="the bundle (e.g. OUT/model of idap compress)")
+    x.add_argument("--out", required=True, help="a new or empty directory (or an earlier export, replaced whole)")
+    x.set_defaults(func=cmd_export_hf)

@@ -257,6 +257,57 @@ def export_text_onnx(model: nn.Module, path: str | os.PathLike, *, length: int =
     return path
 
 
+def export_hf_directory(bundle: str | os.PathLike, out: str | os.PathLike) -> dict:
+    """Write a text bundle (pruned or not) as a Hugging Face directory, whole or not at all.
+
+    ``out`` gets Hugging Face key names and ``config.json`` (``num_hidden_layers`` = kept layers), the
+    bundle's tokenizer files and ``idap_text.json`` (the per-layer heads / key-value groups and FFN widths, the
+    removed layers, a parity probe). Pruned layers differ in width, which one Hugging Face config cannot say,
+    so the way back into ``transformers`` is :func:`load_text_model` then :func:`to_hf`. The directory is
+    staged and swapped in only after it reloads to the bundle's logits; a directory at ``out`` that is not an
+    earlier export is never replaced.
+
+    Returns what was written and, with ``transformers`` installed, the largest difference between the bundle
+    and the rebuilt ``transformers`` model (BERT: last hidden states at real tokens; Llama: logits).
+    """
+    from idap.atomic import staged_directory
+    from idap.bundle import load_bundle
+
+    model = load_bundle(bundle)
+    if not isinstance(model, (BertClassifier, LlamaLM)):
+        raise TextModelError(f"{bundle}: architecture {model.idap_arch.get('name')!r} is not a text model; "
+                             "only bert_classifier and llama_lm bundles export as Hugging Face directories")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / META_FILE).is_file())):
+        raise TextModelError(f"{out}: exists and is not an earlier Hugging Face export (no {META_FILE}); "
+                             "give a new or empty directory")
+    with staged_directory(out) as stage:
+        save_text_model(model, stage)
+        for name, text in (getattr(model, "idap_tokenizer", None) or {}).items():
+            (stage / name).write_text(text, encoding="utf-8")
+        load_text_model(stage)  # the parity probe: what is swapped in reloads to the bundle's logits
+    shapes = layer_shapes(model)
+    return {"out": str(out), "architecture": _arch(model), "layers_kept": sum(s is not None for s in shapes),
+            "removed_layers": [i for i, s in enumerate(shapes) if s is None],
+            "tokenizer_files": sorted(getattr(model, "idap_tokenizer", None) or {}),
+            "transformers_max_abs_diff": _rebuilt_difference(model)}
+
+
+def _rebuilt_difference(model: nn.Module) -> float | None:
+    import importlib.util
+
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    ids = probe_ids(model)
+    hf = to_hf(model)
+    with torch.inference_mode():
+        if isinstance(model, BertClassifier):
+            ours, keep = model.encode(ids)
+            theirs = hf(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+            return float((ours[keep] - theirs[keep]).abs().max())
+        return float((hf(input_ids=ids).logits - model(ids)).abs().max())
+
+
 # --- Hugging Face directory -> idap bundle (``idap import``) ------------------------------------------
 
 

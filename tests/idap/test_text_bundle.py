@@ -176,3 +176,37 @@ def test_a_pruned_idap_text_directory_imports_with_its_shapes_and_head(tmp_path)
     with torch.inference_mode():
         assert torch.equal(loaded(ids()), model(ids()))
     assert json.loads((tmp_path / "b/architecture.json").read_text())["removed"] == ["layers.2"]
+
+
+def test_a_pruned_text_bundle_exports_as_a_hugging_face_directory_whole_or_not_at_all(tmp_path, bert_bundle, capsys):
+    from idap.text_models import load_text_model, to_hf
+
+    root, _ = bert_bundle
+    model = load_bundle(root / "bundle")
+    prune_heads(model, {"layers.0.attention": [1, 2]})
+    remove_block(model, "layers.1")
+    save_bundle(model, tmp_path / "pruned", input_shape=(L,))
+    assert main(["text", "export-hf", "--model-dir", str(tmp_path / "pruned"), "--out", str(tmp_path / "hf")]) == 0
+    said = json.loads(capsys.readouterr().out)
+    assert said["layers_kept"] == 2 and said["removed_layers"] == [1] and said["transformers_max_abs_diff"] < 1e-5
+    assert json.loads((tmp_path / "hf/config.json").read_text())["num_hidden_layers"] == 2
+    assert (tmp_path / "hf/tokenizer.json").read_text() == (root / "hf/tokenizer.json").read_text()
+    again = load_text_model(tmp_path / "hf")
+    x = ids()
+    with torch.inference_mode():
+        assert torch.equal(again(x), model(x))
+        ours, keep = model.encode(x)
+        theirs = to_hf(again)(input_ids=x, attention_mask=keep.long()).last_hidden_state
+    assert torch.allclose(ours[keep], theirs[keep], atol=1e-5)
+    (tmp_path / "hf/stale.txt").write_text("from before")  # an earlier export is replaced whole
+    assert main(["text", "export-hf", "--model-dir", str(tmp_path / "pruned"), "--out", str(tmp_path / "hf")]) == 0
+    assert not (tmp_path / "hf/stale.txt").exists() and (tmp_path / "hf/idap_text.json").is_file()
+    # a directory that is not an earlier export is refused and left as it was; an image bundle is not a text model
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine/notes.txt").write_text("keep me")
+    assert main(["text", "export-hf", "--model-dir", str(tmp_path / "pruned"), "--out", str(tmp_path / "mine")]) == 2
+    assert "not an earlier Hugging Face export" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["notes.txt"]
+    save_bundle(create_model("resnet_tiny", 10, 1, 28), tmp_path / "image", input_shape=(1, 28, 28))
+    assert main(["text", "export-hf", "--model-dir", str(tmp_path / "image"), "--out", str(tmp_path / "x")]) == 2
+    assert "is not a text model" in capsys.readouterr().err and not (tmp_path / "x").exists()
