@@ -375,7 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    from idap.importing import add_import_arguments  # its command lives beside the import code
+    from idap.import_cli import add_import_arguments
 
     p = sub.add_parser("import", help="turn trained weights (or a bundle) into a checked bundle")
     add_import_arguments(p)

@@ -324,7 +324,7 @@ def _quiet_loggers(verbose: bool) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     """``idap import`` with remote sources: ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` (the registered
     version's bundle artifact, never its pyfunc) and s3:// bundles or weights, downloaded into the work dir."""
-    from idap import importing
+    from idap.import_cli import cmd_import as import_command
 
     settings = load_settings()
     if _sources.is_registry_uri(args.source_model) or _storage.is_s3(args.source_model):
@@ -332,7 +332,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         args.source_model = str(_sources.resolve_model_source(args.source_model, settings.workdir))
     if args.weights and _storage.is_s3(args.weights):
         args.weights = str(_storage.resolve_input(args.weights, settings.workdir))
-    return importing.cmd_import(args)
+    return import_command(args)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
