@@ -129,7 +129,7 @@ def time_forward(model, batch: int, tokens: int, *, warmup: int, repeats: int) -
 
 
 def measure(model, data, *, timing: bool = True) -> dict:
-    from idap.lm import layer_shapes
+    from idap.lm_weights import layer_shapes
     from idap.metrics import accuracy, count_macs, count_params
 
     out = {"test_acc": accuracy(model, data.test_x, data.test_y, batch_size=64),

@@ -28,17 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from idap.lm import (
-    BertClassifier,
-    BertShape,
-    LlamaLM,
-    LlamaShape,
-    TextModelError,
-    hf_state,
-    layer_shapes,
-    load_hf_state,
-    reshape_layers,
-)
+from idap.lm import BertClassifier, BertShape, LlamaLM, LlamaShape, TextModelError
+from idap.lm_weights import hf_state, layer_shapes, load_hf_state, reshape_layers
 
 META_FILE, WEIGHTS_FILE, CONFIG_FILE = "idap_text.json", "model.safetensors", "config.json"
 FORMAT = 1

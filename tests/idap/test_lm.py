@@ -6,7 +6,8 @@ import copy
 import pytest
 import torch
 
-from idap.lm import BertClassifier, LlamaLM, TextModelError, layer_shapes, perplexity
+from idap.lm import BertClassifier, LlamaLM, TextModelError, perplexity
+from idap.lm_weights import layer_shapes
 from idap.metrics import count_macs
 from idap.prunable import block_candidates, prune_exclusions
 from idap.surgery import (
