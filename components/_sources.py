@@ -131,11 +131,40 @@ def resolve_model_source(uri: str | os.PathLike, workdir: str | os.PathLike) -> 
     return _storage.resolve_input(text, workdir)
 
 
+def _spec_path(value: str, dataset: str, local: Path) -> str:
+    """A path a spec names, as a URI or an absolute path: relative ones are relative to the spec itself (its
+    prefix in the bucket when the spec was read from s3://)."""
+    if "://" in value or Path(value).is_absolute():
+        return value
+    return f"{dataset.rsplit('/', 1)[0]}/{value}" if _storage.is_s3(dataset) else str((local.parent / value).resolve())
+
+
+def _resolve_text_spec(dataset: str, local: Path, workdir: str | os.PathLike) -> str:
+    """A ``kind: text`` / ``kind: lm`` spec whose ``path`` (the texts) or ``tokenizer`` is on s3://: each is
+    fetched once by content and the spec rewritten with the local copies (``name`` kept, so the dataset reads
+    the same as from a local copy); a spec naming local paths only is returned as it is."""
+    from idap.image_folder import cache_dir
+    from idap.text import read_spec
+
+    spec = read_spec(local)
+    named = {key: _spec_path(spec[key], dataset, local) for key in ("path", "tokenizer") if isinstance(spec.get(key), str)}
+    if not any(_storage.is_s3(value) for value in named.values()):
+        return str(local)
+    resolved = {**spec, "name": spec.get("name") or local.name}
+    for key, value in named.items():
+        resolved[key] = str(_storage.fetch_by_content(value, cache_dir() / "s3")) if _storage.is_s3(value) else value
+    text = json.dumps(resolved, indent=2, sort_keys=True)
+    path = Path(workdir) / SPECS_DIR / f"{hashlib.sha256(text.encode()).hexdigest()[:16]}.json"
+    write_file(path, lambda tmp: tmp.write_text(text))
+    return str(path)
+
+
 def resolve_dataset(dataset: str, workdir: str | os.PathLike) -> str:
     """What ``idap.data.load_dataset`` can open locally: s3:// datasets and s3:// spec sources are fetched.
 
     A spec (``.yaml`` / ``.yml`` / ``.json``, local or on s3://) whose ``source`` is on s3:// is rewritten as
-    ``<workdir>/dataset-specs/<digest>.json`` with the local copy as ``source`` and the URI as ``origin``.
+    ``<workdir>/dataset-specs/<digest>.json`` with the local copy as ``source`` and the URI as ``origin``; a
+    text or language-model spec likewise, for its ``path`` and ``tokenizer``.
     """
     from idap.data import SPEC_SUFFIXES
 
@@ -147,8 +176,8 @@ def resolve_dataset(dataset: str, workdir: str | os.PathLike) -> str:
     from idap.lm_task import is_lm_source
     from idap.text import is_text_source
 
-    if is_text_source(local) or is_lm_source(local):  # a text spec (kind: text / lm) names local paths only
-        return str(local)
+    if is_text_source(local) or is_lm_source(local):
+        return _resolve_text_spec(dataset, local, workdir)
     from idap.dataset_spec import load_spec
     from idap.image_folder import cache_dir
 
