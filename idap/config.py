@@ -128,6 +128,11 @@ class LayerStageConfig:
     # When the best remaining block would take the model past its MACs target: "skip" it and try the next
     # (lower-ranked, i.e. more important) block, or "stop" and let stage 1 top up the gap with filters.
     overshoot: str = "skip"
+    # Stop the stage after this many blocks in a row proved essential: candidates are visited from the
+    # least transforming up, so the rest rank as more important still, and each try costs a recovery that a
+    # shared budget (recovery.total_budget) then takes from the final fine-tune. 0 = visit every candidate
+    # (the spec).
+    patience: int = 0
 
     def __post_init__(self):
         _check_types(self, "layer.")
@@ -138,6 +143,8 @@ class LayerStageConfig:
         _check(isinstance(self.max_removals, int) and 0 <= self.max_removals <= 1000, "layer.max_removals", "an integer in [0, 1000]", self.max_removals)
         _check(0 <= self.epsilon <= 100, "layer.epsilon", "in [0, 100] percentage points", self.epsilon)
         _check(0 <= self.target_share < 1, "layer.target_share", "in [0, 1)", self.target_share)
+        _check(isinstance(self.patience, int) and 0 <= self.patience <= 1000, "layer.patience",
+               "an integer in [0, 1000] (0 = visit every candidate)", self.patience)
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ def run_layer_stage(
     With a MACs target, a block whose removal would overshoot it by more than LANDING_TOLERANCE is
     skipped (one block is a coarse step; stage 1 can close a remaining gap finely).
     With ``layer.exact_removals`` (benchmark mode) exactly that many of the lowest-scored blocks are
-    removed, without the accept/revert test, so criteria can be compared at equal depth.
+    removed, without the accept/revert test, so criteria can be compared at equal depth. With
+    ``layer.patience`` P > 0 the stage stops once P candidates in a row were essential.
 
     Args:
         plan: where a resumed stage stands (``ctx.state.position``: the ranking made when the stage began,
@@ -64,7 +65,7 @@ def run_layer_stage(
     if plan is None:
         start_acc = ctx.evaluate(model)
         plan = {"ranked": [list(kv) for kv in rank_blocks(model, ctx)], "start_acc": start_acc,
-                "last_acc": start_acc, "accepted": 0, "next": 0}
+                "last_acc": start_acc, "accepted": 0, "next": 0, "misses": 0}
     plan = dict(plan)
     target = r.target_macs_reduction
     for i in range(plan["next"], len(plan["ranked"])):
@@ -75,6 +76,11 @@ def run_layer_stage(
         if not cfg.exact_removals and ctx.target_reached(model):
             ctx.record(model, "layer", i, "stop", val_acc=plan["last_acc"], started=started, accepted=False,
                        note="target reached")
+            break
+        if cfg.patience and plan.get("misses", 0) >= cfg.patience:
+            ctx.record(model, "layer", i, "stop", val_acc=plan["last_acc"], started=started, accepted=False,
+                       note=f"{plan['misses']} blocks in a row essential: the {len(plan['ranked']) - i} left rank "
+                            f"as more important (layer.patience {cfg.patience})")
             break
         snapshot = copy.deepcopy(model)
         remove_block(model, name)
@@ -94,6 +100,7 @@ def run_layer_stage(
             if cfg.exact_removals or (within_budget(stage_drop, cfg.epsilon) and within_budget(total_drop, r.stage_budget)):
                 plan["accepted"] += 1
                 plan["last_acc"] = acc
+                plan["misses"] = 0
                 ctx.record(model, "layer", i, "remove_block", val_acc=acc, started=started, removed=removed,
                            recovery_steps=given)
             else:
@@ -103,6 +110,7 @@ def run_layer_stage(
                     note=f"essential: drop {stage_drop:.2f} pp since stage start (ε={cfg.epsilon}), "
                          f"{total_drop:.2f} pp total (budget {r.stage_budget})")
                 model = snapshot
+                plan["misses"] = plan.get("misses", 0) + 1
         plan["next"] = i + 1
         ctx.state.advance("layer", **plan)
         ctx.save_point(model)

@@ -212,3 +212,13 @@ def test_a_set_variant_caches_its_runs_apart_from_the_preset(tmp_path):
     other = runs_dir(tmp_path, replace(preset, recipe_overrides=(*preset.recipe_overrides, "stage_slack=0.5")))
     assert plain == tmp_path / preset.name and len({plain, slack, other}) == 3
     assert slack == runs_dir(tmp_path, replace(preset, recipe_overrides=(*preset.recipe_overrides, "stage_slack=1.5")))
+
+
+def test_a_field_added_later_keeps_cached_runs_valid_only_at_its_earlier_behaviour():
+    from benchmarks.jobs import keyed_recipe
+    from idap.config import Recipe
+
+    spec = Recipe()
+    assert "patience" not in keyed_recipe(spec)["layer"] and "device" not in keyed_recipe(spec)
+    patient = Recipe.from_dict({"layer": {"patience": 2}})
+    assert keyed_recipe(patient)["layer"]["patience"] == 2 and keyed_recipe(patient) != keyed_recipe(spec)

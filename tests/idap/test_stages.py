@@ -78,6 +78,15 @@ def test_layer_stage_accepts_within_epsilon_and_reverts_otherwise(digits, traine
     assert steps2 and all(s.action == "revert_block" and not s.accepted for s in steps2)
     assert count_params(out2) == count_params(trained_resnet20)
     assert not any(isinstance(m, torch.nn.Identity) for m in out2.modules())
+    assert len(steps2) == len(ranked)  # the spec: every candidate is tried
+
+    patient = RunContext.create(copy.deepcopy(trained_resnet20), digits,
+                                recipe(max_accuracy_drop=0.0, layer={"epsilon": 0.0, "max_removals": 2, "patience": 2}),
+                                dense_val_acc=100.0)
+    out3, steps3 = run_layer_stage(copy.deepcopy(trained_resnet20), patient)
+    assert [s.action for s in steps3] == ["revert_block", "revert_block", "stop"]  # two essential in a row: done
+    assert f"{len(ranked) - 2} left" in steps3[-1].note and count_params(out3) == count_params(trained_resnet20)
+    assert patient.state.position["misses"] == 2 and patient.state.position["next"] == 2
 
 
 def test_recovery_is_deterministic_for_a_seed(digits, trained_resnet20):
