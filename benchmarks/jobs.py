@@ -190,8 +190,8 @@ def train_control(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budg
 
 
 # Recipe fields added after benchmark runs were cached, with the value that behaves as before they existed:
-# at that value they are left out of a run's cache key, so the cached runs (which could not have used them)
-# stay valid; any other value changes the key.
+# at that value, or in a disabled stage, they are left out of a run's cache key, so the cached runs (which
+# could not have used them) stay valid; any other value changes the key.
 ADDED_FIELDS = {("layer", "patience"): 0}
 
 
@@ -199,7 +199,8 @@ def keyed_recipe(recipe) -> dict:
     """The recipe as a run's cache key sees it: no device, no added field at its earlier behaviour."""
     doc = {k: v for k, v in recipe.to_dict().items() if k != "device"}
     for (section, name), neutral in ADDED_FIELDS.items():
-        if doc.get(section, {}).get(name, neutral) == neutral:
+        part = doc.get(section, {})
+        if part.get(name, neutral) == neutral or part.get("enabled") is False:
             doc[section] = {k: v for k, v in doc[section].items() if k != name}
     return doc
 

@@ -104,9 +104,10 @@ def recipe_for(method: str, target: float | None, s: Setting, seed: int):
     importance = {"idap++": "idap", "taylor": "taylor", "l1": "l1", "shortgpt": "idap"}[method]
     filt = FilterStageConfig(enabled=method != "shortgpt", importance=importance, steps=s.filter_steps, p0=0.1,
                              min_channels=8, min_fraction=0.1)
+    # patience 0: stage 2 visits every candidate (the spec), as the committed page was measured
     layer = LayerStageConfig(enabled=method in ("idap++", "shortgpt"), max_removals=5, epsilon=s.budget_pp,
                              block_score="block_influence" if method == "shortgpt" else "divergence",
-                             target_share=0.5 if method == "idap++" else 0.0)
+                             target_share=0.5 if method == "idap++" else 0.0, patience=0)
     return Recipe(seed=seed, max_accuracy_drop=s.budget_pp, target_macs_reduction=target,
                   calibration_size=s.calibration_size, eval_batch_size=64, device="cpu",
                   filter=filt, layer=layer, recovery=recovery)

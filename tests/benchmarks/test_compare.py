@@ -218,7 +218,10 @@ def test_a_field_added_later_keeps_cached_runs_valid_only_at_its_earlier_behavio
     from benchmarks.jobs import keyed_recipe
     from idap.config import Recipe
 
-    spec = Recipe()
+    spec = Recipe.from_dict({"layer": {"patience": 0}})  # the behaviour before the field existed
     assert "patience" not in keyed_recipe(spec)["layer"] and "device" not in keyed_recipe(spec)
-    patient = Recipe.from_dict({"layer": {"patience": 2}})
+    patient = Recipe()
     assert keyed_recipe(patient)["layer"]["patience"] == 2 and keyed_recipe(patient) != keyed_recipe(spec)
+    # a field of a disabled stage cannot change what ran: left out whatever its value
+    off = Recipe.from_dict({"layer": {"enabled": False, "patience": 2}})
+    assert keyed_recipe(off) == keyed_recipe(Recipe.from_dict({"layer": {"enabled": False, "patience": 0}}))

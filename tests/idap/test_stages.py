@@ -72,7 +72,7 @@ def test_layer_stage_accepts_within_epsilon_and_reverts_otherwise(digits, traine
     assert all(isinstance(out.get_submodule(b), torch.nn.Identity) for b in removed)
 
     strict = RunContext.create(copy.deepcopy(trained_resnet20), digits,
-                               recipe(max_accuracy_drop=0.0, layer={"epsilon": 0.0, "max_removals": 2}),
+                               recipe(max_accuracy_drop=0.0, layer={"epsilon": 0.0, "max_removals": 2, "patience": 0}),
                                dense_val_acc=100.0)
     out2, steps2 = run_layer_stage(copy.deepcopy(trained_resnet20), strict)
     assert steps2 and all(s.action == "revert_block" and not s.accepted for s in steps2)
