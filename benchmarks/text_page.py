@@ -82,10 +82,11 @@ def verdicts(rows: list[dict], budget_pp: float) -> list[str]:
                            f"seeds) is {best['method']}'s, {best['macs_reduction']:.2f}x at {best['test_acc']:.2f} % test.")
         else:
             best = max(group, key=lambda r: r["test_acc"])
-            reached = [r["method"] for r in group if r["macs_reduction"] < 0.97 * target]
+            short = [f"{r['method']} (seed {seed}: {macs:.2f}x)" for r in group
+                     for seed, macs in zip(r["seeds"], r["macs_reduction_each"], strict=True) if macs < 0.97 * target]
             out.append(f"At {target:g}x fewer MACs: the most accurate (mean test) is {best['method']}, "
                        f"{best['test_acc']:.2f} ± {best['test_acc_spread']:.2f} %"
-                       + (f"; short of the target: {', '.join(reached)}" if reached else "") + ".")
+                       + (f"; more than 3 % short of the target: {', '.join(short)}" if short else "") + ".")
     return out
 
 
