@@ -74,7 +74,7 @@ def make_plan(preset: Preset, jobs: list[Job], data: DataSplits, step_seconds: f
 def print_plan(preset: Preset, jobs: list[Job], plan: dict) -> None:
     est = plan["estimated_seconds"]
     lines = [f"plan for {preset.name}: {preset.note}",
-             f"  {plan['jobs']} jobs ({plan['jobs_cached']} cached), each {preset.total_budget} optimizer steps "
+             f"  {plan['jobs']} jobs ({plan['jobs_cached']} with a result on disk, reused if their recipe is unchanged), each {preset.total_budget} optimizer steps "
              f"(recovery {preset.step_budget}/pruning step + final fine-tune), batch {preset.batch_size}",
              f"  methods: {', '.join(dict.fromkeys(j.method for j in jobs))}",
              f"  MACs targets {list(preset.targets)}, block counts {list(preset.block_counts)}, seeds {list(preset.seeds)}",
