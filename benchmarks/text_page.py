@@ -72,6 +72,11 @@ def summarize(results: dict, methods, targets) -> list[dict]:
 def verdicts(rows: list[dict], budget_pp: float) -> list[str]:
     """Who wins each mode, in words: the most accurate at each MACs target; the most compressed within budget."""
     out = []
+    outside = [f"{r['method']} {mode(r['target'])} seed {seed} ({change:+.2f} pp)" for r in rows
+               for seed, change in zip(r["seeds"], r["val_change_pp_each"], strict=True) if -change > budget_pp + 1e-9]
+    out.append(f"Final models outside the {budget_pp:g} pp validation budget (the stages judge each step, the final "
+               f"fine-tune can still move it): {', '.join(outside)}." if outside
+               else f"Every final model is within the {budget_pp:g} pp validation budget.")
     for target in dict.fromkeys(r["target"] for r in rows):
         group = [r for r in rows if r["target"] == target]
         if target is None:

@@ -77,6 +77,8 @@ def test_seeds_are_averaged_with_their_spread_and_the_winners_named(tmp_path):
     rows[("shortgpt", 1.5)]["macs_reduction_each"] = [1.5, 1.4]
     assert "short of the target: shortgpt (seed 1: 1.40x)" in " ".join(verdicts(list(rows.values()), 1.0))
     assert "within the budget (mean over seeds) is idap++'s, 2.00x" in said  # l1 went further but lost 1.5 pp
+    assert "outside the 1 pp validation budget (the stages judge each step, the final fine-tune can still move it): " \
+           "l1 budget seed 0 (-1.50 pp)." in said
 
 
 def test_the_page_prefers_interleaved_timings_and_adds_onnx_runtime(tmp_path):
