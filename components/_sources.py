@@ -182,9 +182,7 @@ def resolve_dataset(dataset: str, workdir: str | os.PathLike) -> str:
     from idap.image_folder import cache_dir
 
     spec = load_spec(local)
-    source = spec.source
-    if _storage.is_s3(dataset) and "://" not in source and not Path(source).is_absolute() and source != "cifar10":
-        source = f"{dataset.rsplit('/', 1)[0]}/{source}"  # relative to the spec's own prefix in the bucket
+    source = spec.source if spec.source == "cifar10" else _spec_path(spec.source, dataset, local)
     if not _storage.is_s3(source):
         return str(local)
     fetched = _storage.fetch_by_content(source, cache_dir() / "s3")

@@ -287,16 +287,7 @@ def export_hf_directory(bundle: str | os.PathLike, out: str | os.PathLike) -> di
 def _rebuilt_difference(model: nn.Module) -> float | None:
     import importlib.util
 
-    if importlib.util.find_spec("transformers") is None:
-        return None
-    ids = probe_ids(model)
-    hf = to_hf(model)
-    with torch.inference_mode():
-        if isinstance(model, BertClassifier):
-            ours, keep = model.encode(ids)
-            theirs = hf(input_ids=ids, attention_mask=keep.long()).last_hidden_state
-            return float((ours[keep] - theirs[keep]).abs().max())
-        return float((hf(input_ids=ids).logits - model(ids)).abs().max())
+    return None if importlib.util.find_spec("transformers") is None else _difference(model, to_hf(model), probe_ids(model))
 
 
 # --- Hugging Face directory -> idap bundle (``idap import``) ------------------------------------------
@@ -401,9 +392,18 @@ def _hf_difference(model: nn.Module, model_dir, ids: Tensor) -> float | None:
         return None
     import transformers
 
+    if isinstance(model, BertClassifier):
+        hf = transformers.BertModel.from_pretrained(str(model_dir), add_pooling_layer=False)
+    else:
+        hf = transformers.LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    return _difference(model, hf.eval(), ids)
+
+
+def _difference(model: nn.Module, hf, ids: Tensor) -> float:
+    """Largest |ours - transformers'|: BERT's last hidden states at real tokens, Llama's logits."""
     with torch.inference_mode():
         if isinstance(model, BertClassifier):
-            hf = transformers.BertModel.from_pretrained(str(model_dir), add_pooling_layer=False).eval()
-            return float((hf(input_ids=ids).last_hidden_state - model.encode(ids)[0]).abs().max())
-        hf = transformers.LlamaForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+            ours, keep = model.encode(ids)
+            theirs = hf(input_ids=ids, attention_mask=keep.long()).last_hidden_state
+            return float((ours[keep] - theirs[keep]).abs().max())
         return float((hf(input_ids=ids).logits - model(ids)).abs().max())

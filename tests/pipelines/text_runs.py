@@ -7,20 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-# seconds-long stages for tiny random models: 1.3x fewer MACs in 2 filter steps, short recoveries
-RECIPE = {
-    "calibration_size": 16, "validation_size": 16, "eval_batch_size": 64, "device": "cpu", "max_accuracy_drop": 50.0,
-    "target_macs_reduction": 1.3, "filter": {"steps": 2, "p0": 0.2},
-    "recovery": {"step_budget": 5, "final_budget": 5, "batch_size": 16, "augment": False},
-}
+from tests.idap.text_fixtures import tiny_recipe
 
 
 def run_compress(root: Path, *, dataset: Path, base_model: Path, name: str, experiment: str) -> dict:
     """Run the pipeline on ``dataset`` from ``base_model``, registering ``name``; what it printed, parsed: the
     env it ran with, its stdout, the compressed bundle, the report and the data step's output."""
-    (root / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
+    tiny_recipe(root / "recipe.yaml")
     env = {**os.environ, "IDAP_WORKDIR": str(root / "work"), "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'work/mlflow.db'}",
            "IDAP_EXPERIMENT": experiment, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true",
            "DO_NOT_TRACK": "true"}
