@@ -41,12 +41,12 @@ from benchmarks.presets import PRESETS, SMOKE, Preset, get_preset
 from benchmarks.summarize import write_results
 from benchmarks.workers import run_worker_jobs, run_workers
 from idap.bundle import load_bundle
-from idap.bundle_format import BundleError
+from idap.bundle.format import BundleError
+from idap.bundle.onnx_export import export_onnx
 from idap.cli import log
 from idap.data import load_dataset
-from idap.metrics import accuracy, resolve_device
-from idap.onnx_export import export_onnx
-from idap.speed import measure_speed
+from idap.measure.metrics import accuracy, resolve_device
+from idap.measure.speed import measure_speed
 
 __all__ = ["build_parser", "main", "run_comparison"]
 

@@ -19,18 +19,18 @@ from benchmarks.presets import PRESETS, Preset
 from idap.atomic import write_text
 from idap.bundle import load_bundle, save_bundle
 from idap.cli import log
-from idap.compress import compress
-from idap.config import Recipe
 from idap.data import DataSplits
-from idap.metrics import cpu_name
+from idap.measure.metrics import cpu_name
 from idap.models import create_model
-from idap.recovery import recover, train
+from idap.prune.compress import compress
+from idap.prune.config import Recipe
+from idap.prune.recovery import recover, train
+from idap.prune.state import LANDING_TOLERANCE, SEED_FINAL, StepRecord
 from idap.report import evaluate_model
-from idap.state import LANDING_TOLERANCE, SEED_FINAL, StepRecord
 
 BUDGET_FAMILIES = ("idap", "torch-pruning")  # who runs in budget mode
 # Bump when the way a job is run changes, so that cached results of the old procedure are not reused.
-PROCEDURE = {"version": 3, "stage2": f"idap.compress: blocks within target x {1 + LANDING_TOLERANCE}, stage 1 tops up"}
+PROCEDURE = {"version": 3, "stage2": f"idap.prune.compress: blocks within target x {1 + LANDING_TOLERANCE}, stage 1 tops up"}
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.devi
 # ---- one run -----------------------------------------------------------------------------------------
 def compress_equal_budget(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budget: int, *,
                           dense_val_acc: float, on_step) -> tuple[nn.Module, list[StepRecord], int, Recipe]:
-    """idap.compress.compress with ``recovery.total_budget``: the final fine-tune takes what recovery left.
+    """idap.prune.compress.compress with ``recovery.total_budget``: the final fine-tune takes what recovery left.
 
     With a MACs target, idap's stage 2 skips blocks that would overshoot it and stage 1 tops up the gap, so
     every method is compared at the same MACs. Returns the model, its trajectory, the recovery steps spent

@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from idap.config import LayerStageConfig, Recipe
-from idap.divergence import list_block_scores
-from idap.importance import list_importances
+from idap.prune.config import LayerStageConfig, Recipe
+from idap.prune.divergence import list_block_scores
+from idap.prune.importance import list_importances
 
 AXES = ("macs", "blocks", "control")
 # The peers' criteria are every registered importance but IDAP++'s own (the registry is the one list).

@@ -30,13 +30,13 @@ from pathlib import Path
 
 import torch
 
-from idap.config import Recipe
+from idap.bundle.onnx_export import export_onnx
 from idap.data import DataSplits
-from idap.filter_stage import run_filter_stage
-from idap.metrics import count_macs, count_params, cpu_name
+from idap.measure.metrics import count_macs, count_params, cpu_name
 from idap.models import create_model
-from idap.onnx_export import export_onnx
-from idap.state import RunContext
+from idap.prune.config import Recipe
+from idap.prune.filter_stage import run_filter_stage
+from idap.prune.state import RunContext
 
 MODELS = {"resnet20": (3, 32), "mobilenet_v2": (3, 32), "vgg16_bn": (3, 32)}
 

@@ -133,7 +133,7 @@ def render_markdown(payload: dict, image: str | None) -> str:
     abl = ablations(rows)
     if abl:
         lines += ["", "## Ablations: IDAP++ as benchmarked against each alternative (decided on validation accuracy)", "",
-                  "The advice is for the benchmarked configuration; the library's own defaults are in idap/config.py.", "",
+                  "The advice is for the benchmarked configuration; the library's own defaults are in idap/prune/config.py.", "",
                   "| choice | at | benchmarked | alternative | val benchmarked (%) | val alternative (%) | Δ val (pp) "
                   "| Δ test (pp) | seed spread (pp) | winner | advice |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---|"]
         lines += [f"| `{a['choice']}` | {a['point']} | {a['spec_default']} | {a['alternative']} | "
@@ -157,7 +157,7 @@ def render_markdown(payload: dict, image: str | None) -> str:
                                                                  if m.get("load_average_during_timing") else "")
               + " — other work on the machine slows and blurs timings",
               f"- latency: batch 1, throughput: batch 64, all final models timed together, interleaved, median of "
-              f"{p['speed_rounds']} rounds × {p['speed_repeats']} repeats (idap.speed.measure_speed)",
+              f"{p['speed_rounds']} rounds × {p['speed_repeats']} repeats (idap.measure.speed.measure_speed)",
               f"- dense: {p['train_epochs']} epochs on {dense.get('settings', {}).get('train_limit') or 'all'} train "
               f"samples, {_f(dense.get('train_seconds'), '.0f')} s (cached between runs)",
               f"- plan: {plan.get('jobs', '?')} jobs, {plan.get('optimizer_steps_to_run', '?')} compression steps to "

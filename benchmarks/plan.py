@@ -19,7 +19,7 @@ from benchmarks.jobs import Job
 from benchmarks.presets import Preset
 from idap.cli import log
 from idap.data import DataSplits
-from idap.metrics import cpu_name
+from idap.measure.metrics import cpu_name
 from idap.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,10 +21,10 @@ BUDGET_METHODS = ("idap++", "idap++-stage1", "tp-l1", "tp-taylor", "tp-fpgm", "t
 @dataclass(frozen=True)
 class Preset:
     name: str
-    dataset: str  # idap.data.load_dataset name
-    model: str  # idap.models registry name
+    dataset: str  # idap.data.sources.load_dataset name
+    model: str  # idap.models.registry registry name
     note: str  # one line for the report: what this preset is and is not
-    # dense model: trained once (cached), SGD + one-cycle as idap.recovery.train
+    # dense model: trained once (cached), SGD + one-cycle as idap.prune.recovery.train
     train_epochs: float = 15
     train_lr: float = 0.05
     train_batch: int = 128
@@ -57,7 +57,7 @@ class Preset:
     eval_batch: int = 512
     speed_rounds: int = 5
     speed_repeats: int = 30
-    recipe_overrides: tuple[str, ...] = ()  # "key=value" applied to every method's recipe (idap.config names)
+    recipe_overrides: tuple[str, ...] = ()  # "key=value" applied to every method's recipe (idap.prune.config names)
     extra: dict = field(default_factory=dict)  # free-form facts for the report
 
     def __post_init__(self):
@@ -102,7 +102,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
            step_budget=10, total_budget=200, calibration_size=512, stage_val_size=500, speed_rounds=5,
            speed_repeats=20),
     # Torch-Pruning's published CIFAR-10 table, the setting every structured-pruning paper reports. Our CIFAR-10
-    # is the JPEG copy in ../shared/datasets (idap.cifar10.cifar10_arrays), so absolute accuracies are close to,
+    # is the JPEG copy in ../shared/datasets (idap.data.cifar10.cifar10_arrays), so absolute accuracies are close to,
     # not strictly comparable with, the published ones: compare drops at equal MACs. Sized for a GPU; on a CPU run
     # it with a short schedule only, and say so.
     Preset("cifar10-resnet56", "cifar10", "resnet56",

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import torch
 
-from idap.divergence import flow_profile
-from idap.metrics import cpu_name
+from idap.measure.metrics import cpu_name
 from idap.models import create_model
-from idap.prunable import block_candidates
+from idap.models.prunable import block_candidates
+from idap.prune.divergence import flow_profile
 
 MODELS = ("resnet20", "mobilenet_v2", "vit_small")
 

@@ -8,7 +8,7 @@ import sys
 import torch
 
 from idap.bundle import load_bundle, read_bundle_info
-from idap.speed import measure_speed
+from idap.measure.speed import measure_speed
 
 
 def main(argv: list[str]) -> None:

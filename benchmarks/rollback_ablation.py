@@ -23,12 +23,12 @@ from pathlib import Path
 import torch
 
 from idap.cli import log
-from idap.compress import compress
-from idap.config import Recipe
 from idap.data import load_dataset
-from idap.metrics import count_macs, count_params, cpu_name
+from idap.measure.metrics import count_macs, count_params, cpu_name
 from idap.models import create_model
-from idap.recovery import train
+from idap.prune.compress import compress
+from idap.prune.config import Recipe
+from idap.prune.recovery import train
 from idap.report import evaluate_model
 
 SETTINGS = {

@@ -8,7 +8,7 @@ from the business class, evaluation from politics, 4 windows of 128 tokens each.
 
     OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.smollm2
 
-``--compress``: idap.compress itself on the LM task (``idap.lm_task``: next-token windows of BBC politics
+``--compress``: idap.prune.compress itself on the LM task (``idap.data.lm``: next-token windows of BBC politics
 articles, test = the text's tail), both stages with a short distillation recovery, to 1.25x fewer MACs within
 a budget in pp of next-token accuracy; perplexity, params, MACs and batch-1 latency dense vs compressed go to
 results/smollm2/smollm2-compress.{json,md}. Resumable (checkpoint in benchmarks/work/smollm2/).
@@ -53,12 +53,12 @@ def latency_ms(model, length: int = 128, repeats: int = 5) -> float:
 
 
 def main() -> int:
-    from idap.divergence import flow_profile
-    from idap.lm import perplexity
-    from idap.metrics import _machine, count_macs, count_params
-    from idap.prunable import block_candidates
-    from idap.surgery import remove_block
-    from idap.text_models import load_llama_gguf
+    from idap.dense.text_models import load_llama_gguf
+    from idap.measure.metrics import _machine, count_macs, count_params
+    from idap.models.lm import perplexity
+    from idap.models.prunable import block_candidates
+    from idap.prune.divergence import flow_profile
+    from idap.prune.surgery import remove_block
 
     torch.set_num_threads(1)
     gguf = package_dir_smol() / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -126,11 +126,11 @@ BLOCK, WINDOWS = 128, 112  # 112 windows of 128 tokens: 15 % test (the tail), 16
 
 def compress_main() -> int:
     from idap import Recipe, compress
-    from idap.lm_task import load_lm_dataset
-    from idap.metrics import _machine, count_macs, count_params
+    from idap.data.lm import load_lm_dataset
+    from idap.dense.text_models import load_llama_gguf
+    from idap.measure.metrics import _machine, count_macs, count_params
     from idap.models import create_model
     from idap.report import evaluate_model
-    from idap.text_models import load_llama_gguf
 
     torch.set_num_threads(1)
     started = time.perf_counter()
@@ -173,7 +173,7 @@ def compress_main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "smollm2-compress.json").write_text(json.dumps(doc, indent=2))
     sizes = data.describe()["sizes"]
-    lines = ["# SmolLM2-135M compressed by idap.compress (LM task, short recovery)", "",
+    lines = ["# SmolLM2-135M compressed by idap.prune.compress (LM task, short recovery)", "",
              f"Next-token windows of {BLOCK} tokens from BBC politics articles ({CITATION}): {sizes['train']} train, "
              f"{sizes['calibration']} calibration, {sizes['validation']} validation (seeded, from the training part), "
              f"{sizes['test']} test (the text's tail). Target {recipe.target_macs_reduction}x fewer MACs within "

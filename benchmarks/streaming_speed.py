@@ -1,7 +1,7 @@
-"""Tensors in memory vs streamed batches (idap.streaming) for training on a small image dataset.
+"""Tensors in memory vs streamed batches (idap.data.streaming) for training on a small image dataset.
 
 Measures, on a CIFAR-10 subset (the JPEG copy) at a chosen resolution: the time to open the data (decode
-everything into tensors vs list files), and the training speed of ``idap.recovery.train`` (optimizer steps per
+everything into tensors vs list files), and the training speed of ``idap.prune.recovery.train`` (optimizer steps per
 second) from tensors and from a DataLoader with 0, 1 or 2 workers. The loaders are interleaved round by
 round so that a busy machine slows all of them alike; medians are reported.
 
@@ -18,9 +18,9 @@ import time
 
 import torch
 
-from idap.cifar10 import open_cifar10
+from idap.data.cifar10 import open_cifar10
 from idap.models import create_model
-from idap.recovery import train
+from idap.prune.recovery import train
 
 
 def _steps_per_second(data_x, data_y, model_name: str, num_classes: int, size: int, steps: int, batch: int) -> float:

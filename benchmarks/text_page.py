@@ -100,7 +100,7 @@ def write_report(s, data: dict, root: Path, out_dir: Path, command: str) -> dict
     import torch
 
     from idap.atomic import write_text
-    from idap.metrics import _machine
+    from idap.measure.metrics import _machine
 
     results = collect(root)
     rows = summarize(results, _found(results, "method", s.methods), _found(results, "target", s.targets))

@@ -1,6 +1,6 @@
 """The search benchmark: a Ray Tune search over IDAP++ recipes for ResNet-20 on Fashion-MNIST, on this machine.
 
-Trains (once, cached in the work directory) a dense ResNet-20, then runs ``components._tune.run_search``
+Trains (once, cached in the work directory) a dense ResNet-20, then runs ``components.services.tune.run_search``
 with one trial at a time on one core, and writes what the closing note of issue #12 asks for: wall time,
 the share of it that is Ray / MLflow overhead rather than compression, and the best trade-off found
 against the default recipe's (chosen on validation, reported on test)::
@@ -85,13 +85,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from components import _tune
-    from components._search_space import SearchSpace
-    from components._settings import telemetry_off
+    from components.services import tune
+    from components.services.search_space import SearchSpace
+    from components.services.settings import telemetry_off
     from idap.bundle import load_bundle, read_bundle_info, save_bundle
     from idap.cli import train_dense
-    from idap.config import Recipe
     from idap.data import fetch_dataset, load_dataset
+    from idap.prune.config import Recipe
 
     telemetry_off()
     torch.set_num_threads(args.threads)
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         train_seconds = time.perf_counter() - t0
         save_bundle(dense, dense_dir, input_shape=(data.in_channels, data.image_size, data.image_size),
                     metadata={"metrics": metrics, "train_seconds": train_seconds})
-    result = _tune.run_search(
+    result = tune.run_search(
         data=data, dense=dense, base=base, space=space, experiment_dir=work / "experiment", resume="auto",
         run_name=f"tune-benchmark {args.preset}", num_cpus=args.threads, cpus_per_trial=args.threads,
         max_concurrent=1, seed=0, measure_latency=True,

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Metrics, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -26,26 +26,26 @@ def evaluate(
     import tempfile
     from pathlib import Path
 
-    from components import _artifacts, _summaries, _tracking
+    from components.services import artifacts, summaries, tracking
     from idap.bundle import load_bundle
     from idap.data import load_splits
     from idap.report import compression_report
-    from idap.report_files import write_report
+    from idap.report.files import write_report
 
-    recipe = _artifacts.recipe_from_json(recipe_json)
+    recipe = artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
-    steps = [s.to_json() for s in _artifacts.load_trajectory(trajectory.path)]  # the run state's trajectory
-    with _tracking.step_run(parent_run_id, "evaluate", params={"measure_latency": measure_latency}) as t:
+    steps = [s.to_json() for s in artifacts.load_trajectory(trajectory.path)]  # the run state's trajectory
+    with tracking.step_run(parent_run_id, "evaluate", params={"measure_latency": measure_latency}) as t:
         result = compression_report(
             load_bundle(dense.path), load_bundle(model.path), splits, recipe=recipe.to_dict(), steps=steps,
-            profile=_artifacts.profile_json(_artifacts.read_json(profile.path)), latency=measure_latency,
+            profile=artifacts.profile_json(artifacts.read_json(profile.path)), latency=measure_latency,
             extra={"compress_seconds": round(sum(s["seconds"] for s in steps), 1)})
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_report(result, tmp)
-            Path(report.path).write_text(_artifacts.embed_images(paths["markdown"].read_text(), tmp))
+            Path(report.path).write_text(artifacts.embed_images(paths["markdown"].read_text(), tmp))
             shutil.copyfile(paths["json"], report_json.path)
             t.log_report(result, tmp)
-        for key, value in _summaries.report_metrics(result).items():
+        for key, value in summaries.report_metrics(result).items():
             metrics.log_metric(key, value)
         r = result["ratios"]
         print(f"compressed: {r['macs_reduction']:.2f}x fewer MACs, {r['params_reduction']:.2f}x fewer params, "

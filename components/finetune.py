@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -19,20 +19,20 @@ def finetune(
 ):
     """``recovery.final_budget`` optimizer steps (or what the stages left of ``recovery.total_budget``) with
     the cosine schedule, continuing the run state of the previous step; the result is the compressed model."""
-    from components import _artifacts, _tracking
+    from components.services import artifacts, tracking
     from idap.bundle import load_bundle
-    from idap.compress import run_stages
     from idap.data import load_splits
-    from idap.state import RunContext
+    from idap.prune.compress import run_stages
+    from idap.prune.state import RunContext
 
-    recipe = _artifacts.recipe_from_json(recipe_json)
+    recipe = artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
-    state = _artifacts.load_state(in_trajectory.path)
+    state = artifacts.load_state(in_trajectory.path)
     dense_model = load_bundle(dense.path)
-    with _tracking.step_run(parent_run_id, "finetune", params={"recovery.final_budget": recipe.recovery.final_budget}) as t:
-        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state,
+    with tracking.step_run(parent_run_id, "finetune", params={"recovery.final_budget": recipe.recovery.final_budget}) as t:
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=artifacts.reporter(t), state=state,
                                 progress=True)  # the fine-tune's bar in the step's log
         current = run_stages(load_bundle(in_model.path), ctx, dense_model, until="done")
-        _artifacts.save_model(current, model, splits, recipe=recipe.to_dict(),
+        artifacts.save_model(current, model, splits, recipe=recipe.to_dict(),
                               metadata={"dataset": splits.describe(), "recipe_digest": recipe.digest()})
-        _artifacts.save_state(trajectory.path, ctx.state)
+        artifacts.save_state(trajectory.path, ctx.state)

@@ -1,12 +1,12 @@
 """The MLflow model of an IDAP bundle, logged *from code*: MLflow stores this file, never a pickle.
 
-``components._registry`` logs every compressed model (and its dense baseline) with
+``components.services.registry`` logs every compressed model (and its dense baseline) with
 
     mlflow.pyfunc.log_model(name="model", python_model="components/mlflow_model.py",
                             artifacts={"bundle": "<bundle dir>"}, code_paths=[<idap sources>], ...)
 
 and ``mlflow.pyfunc.load_model("models:/NAME@champion")`` runs this file, which rebuilds the model with
-``idap.bundle.load_bundle``: architecture from JSON, weights from safetensors, then the bundle's parity
+``idap.bundle.store.load_bundle``: architecture from JSON, weights from safetensors, then the bundle's parity
 probe must reproduce the saved outputs. Nothing is unpickled at any point.
 
 Why a pyfunc around the bundle rather than ``mlflow.pytorch`` (default ``pt2`` / torch.export):
@@ -15,7 +15,7 @@ Why a pyfunc around the bundle rather than ``mlflow.pytorch`` (default ``pt2`` /
   removed blocks) is gone, so the model can be neither pruned further, fine-tuned as its own class, nor
   exported to a bundle again; the other ``mlflow.pytorch`` format is a whole-object pickle, gated by
   MLflow and fragile across code versions.
-* the bundle is this project's portable format (``idap.bundle``): pickle-free, loadable without the
+* the bundle is this project's portable format (``idap.bundle.store``): pickle-free, loadable without the
   code that did the surgery, with a parity check at every load and an optional ONNX file. Wrapping it
   keeps one format everywhere: a registered version's ``bundle`` artifact is exactly what
   ``idap evaluate`` / ``idap compress --model-dir`` read.
@@ -44,7 +44,8 @@ class IdapBundleModel(PythonModel):
     def load_context(self, context) -> None:
         import torch
 
-        from idap.bundle import load_bundle, read_input_spec
+        from idap.bundle import load_bundle
+        from idap.bundle.format import read_input_spec
 
         path = context.artifacts["bundle"]
         self.model = load_bundle(path, verify=True, map_location="cpu")

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -25,25 +25,25 @@ def prepare_data(
     """Split ``dataset`` (a builtin name, a path, an s3:// URI or a dataset spec) with the recipe's seed and sizes.
 
     Small datasets travel to the later steps as tensors; a streamed one (a spec) as a reference to its files
-    and their split assignments (``idap.data.save_splits``), never as pixels.
+    and their split assignments (``idap.data.sources.save_splits``), never as pixels.
 
     The explicit parameters override ``recipe_json`` (negative = keep the recipe's value, a target of 0 =
     no target); every later step receives the resulting recipe, so the whole run uses one recipe.
     """
     from collections import namedtuple
 
-    from components import _artifacts, _mlflow, _sources, _tracking
+    from components.services import artifacts, mlflow_backend, sources, tracking
     from idap.data import load_dataset, save_splits
 
-    settings = _mlflow.configure()
-    recipe = _artifacts.effective_recipe(recipe_json, seed=seed, max_accuracy_drop=max_accuracy_drop,
+    settings = mlflow_backend.configure()
+    recipe = artifacts.effective_recipe(recipe_json, seed=seed, max_accuracy_drop=max_accuracy_drop,
                                          target_macs_reduction=target_macs_reduction,
                                          target_params_reduction=target_params_reduction)
-    source = _sources.resolve_dataset(dataset, settings.workdir)  # s3:// data and s3:// spec sources, fetched
-    parent = _tracking.start_pipeline_run(run_name or f"idap-compress {dataset}",
+    source = sources.resolve_dataset(dataset, settings.workdir)  # s3:// data and s3:// spec sources, fetched
+    parent = tracking.start_pipeline_run(run_name or f"idap-compress {dataset}",
                                           tags={"idap.dataset": dataset, "idap.recipe_digest": recipe.digest()})
     params = {"dataset": dataset, "train_limit": train_limit, "test_limit": test_limit}
-    with _tracking.step_run(parent, "prepare_data", params=params) as t:
+    with tracking.step_run(parent, "prepare_data", params=params) as t:
         splits = load_dataset(source, root=data_root or None, seed=recipe.seed,
                               calibration_size=recipe.calibration_size, validation_size=recipe.validation_size,
                               train_limit=train_limit or None, test_limit=test_limit or None)
@@ -53,4 +53,4 @@ def prepare_data(
         t.log_dataset(splits.describe())
         print(f"data: {splits.name} {splits.describe()['sizes']} -> {data.path}", flush=True)
     outputs = namedtuple("PreparedData", ["recipe_json", "parent_run_id"])
-    return outputs(_artifacts.recipe_param(recipe), parent)
+    return outputs(artifacts.recipe_param(recipe), parent)

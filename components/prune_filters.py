@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -18,24 +18,24 @@ def prune_filters(
 ):
     """Prune channels of the dense model; the first step ranks by the profile artifact (no re-scoring).
 
-    ``trajectory`` is the run state (``idap.state.RunState``) the next step continues from; its trajectory
+    ``trajectory`` is the run state (``idap.prune.state.RunState``) the next step continues from; its trajectory
     starts with the dense model's record, as in ``idap compress``.
     """
     import copy
 
-    from components import _artifacts, _tracking
+    from components.services import artifacts, tracking
     from idap.bundle import load_bundle
-    from idap.compress import run_stages, start_run
     from idap.data import load_splits
-    from idap.divergence import FlowProfile
+    from idap.prune.compress import run_stages, start_run
+    from idap.prune.divergence import FlowProfile
 
-    recipe = _artifacts.recipe_from_json(recipe_json)
+    recipe = artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
     dense_model = load_bundle(dense.path)
-    doc = _artifacts.read_json(profile.path)
-    with _tracking.step_run(parent_run_id, "prune_filters") as t:
-        ctx = start_run(dense_model, splits, recipe, on_step=_artifacts.reporter(t), progress=True,  # recovery bars
+    doc = artifacts.read_json(profile.path)
+    with tracking.step_run(parent_run_id, "prune_filters") as t:
+        ctx = start_run(dense_model, splits, recipe, on_step=artifacts.reporter(t), progress=True,  # recovery bars
                         dense_val_acc=doc["dense"]["val_acc"])
         current = run_stages(copy.deepcopy(dense_model), ctx, dense_model, FlowProfile.from_json(doc), until="layer")
-        _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
-        _artifacts.save_state(trajectory.path, ctx.state)
+        artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
+        artifacts.save_state(trajectory.path, ctx.state)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -22,15 +22,15 @@ def prune_layers(
     ``idap compress`` does; with ``layer.enabled`` false the model passes through unchanged."""
     import shutil
 
-    from components import _artifacts, _tracking
+    from components.services import artifacts, tracking
     from idap.bundle import load_bundle
-    from idap.compress import run_stages
     from idap.data import load_splits
-    from idap.state import RunContext
+    from idap.prune.compress import run_stages
+    from idap.prune.state import RunContext
 
-    recipe = _artifacts.recipe_from_json(recipe_json)
-    state = _artifacts.load_state(in_trajectory.path)
-    with _tracking.step_run(parent_run_id, "prune_layers", params={"layer.enabled": recipe.layer.enabled}) as t:
+    recipe = artifacts.recipe_from_json(recipe_json)
+    state = artifacts.load_state(in_trajectory.path)
+    with tracking.step_run(parent_run_id, "prune_layers", params={"layer.enabled": recipe.layer.enabled}) as t:
         if not recipe.layer.enabled:  # the next step's run_stages skips the stage the same way
             shutil.copytree(in_model.path, model.path, dirs_exist_ok=True)
             shutil.copyfile(in_trajectory.path, trajectory.path)
@@ -39,8 +39,8 @@ def prune_layers(
             return
         splits = load_splits(data.path)
         dense_model = load_bundle(dense.path)
-        ctx = RunContext.create(dense_model, splits, recipe, on_step=_artifacts.reporter(t), state=state,
+        ctx = RunContext.create(dense_model, splits, recipe, on_step=artifacts.reporter(t), state=state,
                                 progress=True)  # recovery bars in the step's log
         current = run_stages(load_bundle(in_model.path), ctx, dense_model, until="finetune")
-        _artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
-        _artifacts.save_state(trajectory.path, ctx.state)
+        artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
+        artifacts.save_state(trajectory.path, ctx.state)

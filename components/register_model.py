@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Model
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -27,33 +27,33 @@ def register_model(
         base_model: where the dense model came from ("" = the source train_baseline recorded in the bundle).
 
     Returns:
-        The registration as JSON (``_registry.register_and_promote``): name, version, decision, champion, reason...
+        The registration as JSON (``registry.register_and_promote``): name, version, decision, champion, reason...
     """
     import json
 
-    from components import _artifacts, _registry, _tracking
+    from components.services import artifacts, registry, tracking
     from idap.bundle import read_bundle_info
     from idap.data import load_splits
 
     try:
-        report = _artifacts.read_json(report_json.path)
+        report = artifacts.read_json(report_json.path)
         dataset = load_splits(data.path).describe()
-        recipe = _artifacts.recipe_from_json(recipe_json)
+        recipe = artifacts.recipe_from_json(recipe_json)
         base = base_model or read_bundle_info(dense.path)["metadata"].get("source", dense.uri)
-        result = _registry.register_and_promote(
+        result = registry.register_and_promote(
             parent_run_id=parent_run_id, model_dir=model.path, dense_dir=dense.path, report=report, recipe=recipe,
             dataset=dataset,
-            registered_name=registered_name or _artifacts.default_registered_name(report["model"], dataset["name"]),
+            registered_name=registered_name or artifacts.default_registered_name(report["model"], dataset["name"]),
             base_model=base, objective=objective, tolerance_pp=tolerance_pp)
         if parent_run_id:  # the run a user opens first: final figures, key settings, the decision
-            _tracking.log_pipeline_summary(parent_run_id, report=report, recipe=recipe, dataset=dataset,
+            tracking.log_pipeline_summary(parent_run_id, report=report, recipe=recipe, dataset=dataset,
                                            registration=result, base_model=base)
     except BaseException:
         if parent_run_id:
-            _tracking.finish_pipeline_run(parent_run_id, "FAILED")
+            tracking.finish_pipeline_run(parent_run_id, "FAILED")
         raise
     if parent_run_id:
-        _tracking.finish_pipeline_run(parent_run_id)
+        tracking.finish_pipeline_run(parent_run_id)
     print(f"registered {result['name']} version {result['version']}: {result['decision']} ({result['reason']})",
           flush=True)
     return json.dumps(result)

@@ -3,7 +3,7 @@
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -19,25 +19,25 @@ def score_divergence(
     (validation accuracy, params, MACs) that every later step compares against."""
     import tempfile
 
-    from components import _artifacts, _tracking
+    from components.services import artifacts, tracking
     from idap.bundle import load_bundle
-    from idap.compress import dense_profile
     from idap.data import load_splits
-    from idap.state import RunContext
+    from idap.prune.compress import dense_profile
+    from idap.prune.state import RunContext
 
-    recipe = _artifacts.recipe_from_json(recipe_json)
+    recipe = artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
     model = load_bundle(dense.path)
-    with _tracking.step_run(parent_run_id, "score_divergence") as t:
+    with tracking.step_run(parent_run_id, "score_divergence") as t:
         ctx = RunContext.create(model, splits, recipe)
         doc = dense_profile(model, ctx).to_json()
         doc["dense"] = {"val_acc": ctx.dense_val_acc, "params": ctx.dense_params, "macs": ctx.dense_macs}
-        _artifacts.write_json(profile.path, doc)
+        artifacts.write_json(profile.path, doc)
         profile.metadata.update({"layers": len(doc["layers"]), "blocks": len(doc["blocks"]), "samples": doc["samples"]})
         with tempfile.TemporaryDirectory() as tmp:
             with open(profile_view.path, "w") as fh:
-                fh.write(_artifacts.profile_markdown(doc, tmp))
-            _artifacts.write_json(f"{tmp}/divergence_profile.json", doc)
+                fh.write(artifacts.profile_markdown(doc, tmp))
+            artifacts.write_json(f"{tmp}/divergence_profile.json", doc)
             t.log_artifacts(tmp, "profile")
         print(f"profile: {len(doc['layers'])} layers, {len(doc['blocks'])} blocks, dense val "
               f"{ctx.dense_val_acc:.2f}%", flush=True)

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from kfp import dsl
 from kfp.dsl import Artifact, Dataset, Input, Markdown, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -33,7 +33,7 @@ def search_compression(
     steps that follow, so the registered model's lineage points at the search. ``objective`` / ``reduction``
     "" and ``num_samples`` 0 keep the space file's. ``ray_address``: "" = a local Ray inside this step;
     ``host:port`` / ``ray://`` = this step drives trials on that cluster; ``http://host:8265`` (the Jobs API) =
-    the whole search runs as a Ray job on the cluster (components/_ray_job: inputs and results through
+    the whole search runs as a Ray job on the cluster (components/services/ray_job: inputs and results through
     S3, at most ``job_timeout_s``). A retried local search resumes from its experiment directory.
 
     Returns:
@@ -44,34 +44,34 @@ def search_compression(
     from collections import namedtuple
     from pathlib import Path
 
-    from components import _artifacts, _mlflow, _ray_job, _tune
-    from components._search_space import SearchSpace
+    from components.services import artifacts, mlflow_backend, ray_job, tune
+    from components.services.search_space import SearchSpace
     from idap.bundle import load_bundle
     from idap.data import load_splits
 
-    settings = _mlflow.configure()
-    base = _artifacts.recipe_from_json(recipe_json)
+    settings = mlflow_backend.configure()
+    base = artifacts.recipe_from_json(recipe_json)
     space = SearchSpace.load(search_space).with_settings(
         objective=objective or None, reduction=reduction or None, num_samples=num_samples or None)
     exp_dir = settings.workdir / "tune" / (parent_run_id or "search")
     sources = {"dataset": data.uri, "model_dir": dense.uri}
     if ray_address.startswith(("http://", "https://")):  # the Jobs API: the search runs on the cluster
-        result = _ray_job.submit_search(
+        result = ray_job.submit_search(
             ray_address, data=Path(data.path), dense=Path(dense.path), base=base, space=space,
             out_dir=exp_dir / "results", search_run_id=parent_run_id or None, sources=sources,
             cpus_per_trial=cpus_per_trial, seed=seed, measure_latency=measure_latency, timeout_s=job_timeout_s)
     else:
-        result = _tune.run_search(
+        result = tune.run_search(
             data=load_splits(data.path), dense=load_bundle(dense.path), base=base, space=space,
             experiment_dir=exp_dir, resume="auto", search_run_id=parent_run_id or None,
             address=ray_address or None, cpus_per_trial=cpus_per_trial, seed=seed,
             measure_latency=measure_latency, sources=sources)
     files = result.files
-    Path(report.path).write_text(_artifacts.embed_images(files["markdown"].read_text(), files["markdown"].parent))
+    Path(report.path).write_text(artifacts.embed_images(files["markdown"].read_text(), files["markdown"].parent))
     shutil.copyfile(files["json"], pareto.path)
     shutil.copyfile(files["best_recipe"], best_recipe.path)
     winner = result.winner or {}
     report.metadata.update({"winner": winner.get("trial_id", "none"), "front": len(result.front)})
     print(f"search: {result.summary['trials']} -> winner {winner.get('trial_id', 'none (base recipe)')}", flush=True)
     outputs = namedtuple("SearchOutputs", ["recipe_json", "winner"])
-    return outputs(_artifacts.recipe_param(result.winner_recipe), json.dumps(winner, default=str))
+    return outputs(artifacts.recipe_param(result.winner_recipe), json.dumps(winner, default=str))

@@ -4,7 +4,7 @@ registered version (``models:/NAME/VERSION``, ``models:/NAME@ALIAS``: its bundle
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 
 
 @dsl.component(base_image=component_image(), install_kfp_package=False)
@@ -20,27 +20,27 @@ def train_baseline(
 ):
     """``base_model_uri`` "" trains ``model_name`` for ``epochs`` with the recipe's seed (as ``idap compress
     --model`` does); otherwise the bundle there is the baseline."""
-    from components import _artifacts, _mlflow, _sources, _tracking
+    from components.services import artifacts, mlflow_backend, sources, tracking
     from idap.bundle import load_bundle
     from idap.cli import train_dense
     from idap.data import load_splits
     from idap.report import evaluate_model
 
-    settings = _mlflow.configure()
-    recipe = _artifacts.recipe_from_json(recipe_json)
+    settings = mlflow_backend.configure()
+    recipe = artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
     params = {"model": model_name, "epochs": epochs, "base_model_uri": base_model_uri}
-    with _tracking.step_run(parent_run_id, "train_baseline", params=params) as t:
+    with tracking.step_run(parent_run_id, "train_baseline", params=params) as t:
         if base_model_uri:
-            model = load_bundle(_sources.resolve_model_source(base_model_uri, settings.workdir))
-            _artifacts.check_fits(model, splits, base_model_uri)
+            model = load_bundle(sources.resolve_model_source(base_model_uri, settings.workdir))
+            artifacts.check_fits(model, splits, base_model_uri)
             figures = evaluate_model(model, splits)
         else:
             # the bar's lines go to the step's log; the console shows them as one live line on a terminal
             model, figures = train_dense(model_name, splits, epochs=epochs, seed=recipe.seed, device=recipe.device,
                                          progress=True)
         source = base_model_uri or f"{model_name} trained by the pipeline ({epochs:g} epochs, seed {recipe.seed})"
-        _artifacts.save_model(model, dense, splits, recipe={"train_epochs": epochs},
+        artifacts.save_model(model, dense, splits, recipe={"train_epochs": epochs},
                               metadata={"metrics": figures, "source": source})
         headline = {key: float(figures[key]) for key in ("val_acc", "test_acc", "params", "macs")}
         for key, value in headline.items():

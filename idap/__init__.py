@@ -8,20 +8,24 @@ Example:
     >>> idap.save_bundle(result.model, "out/model", input_shape=(1, 8, 8))       # doctest: +SKIP
 """
 
-from idap.baseline import train_dense
-from idap.bundle import load_bundle, save_bundle
-from idap.bundle_format import BundleError
-from idap.checks import check_data, check_model_fits
-from idap.compress import CompressionResult, compress, run_stages, start_run
-from idap.config import ConfigError, Recipe
-from idap.data import DataError, DataSplits, load_dataset
-from idap.divergence import FlowProfile, flow_profile
-from idap.importance import create_importance, list_importances
-from idap.models import ModelError, create_model, list_models, register_model
-from idap.onnx_export import export_onnx
-from idap.state import RunContext, RunState, StepRecord, within_budget
+from idap import _moved
+from idap.bundle.format import BundleError
+from idap.bundle.onnx_export import export_onnx
+from idap.bundle.store import load_bundle, save_bundle
+from idap.data.checks import check_data, check_model_fits
+from idap.data.sources import load_dataset
+from idap.data.splits import DataError, DataSplits
+from idap.dense.baseline import train_dense
+from idap.models.registry import ModelError, create_model, list_models, register_model
+from idap.prune.compress import CompressionResult, compress, run_stages, start_run
+from idap.prune.config import ConfigError, Recipe
+from idap.prune.divergence import FlowProfile, flow_profile
+from idap.prune.importance import create_importance, list_importances
+from idap.prune.state import RunContext, RunState, StepRecord, within_budget
 
 __version__ = "0.1.0"
+
+_moved.install()  # the old flat module paths (idap.filter_stage, ...) import for one more release
 
 __all__ = [
     "BundleError", "CompressionResult", "ConfigError", "DataError", "DataSplits", "FlowProfile", "ModelError",

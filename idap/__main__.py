@@ -1,5 +1,5 @@
 import sys
 
-from idap.cli import main
+from idap.cli.commands import main
 
 sys.exit(main())

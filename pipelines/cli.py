@@ -1,6 +1,6 @@
 """The ``idap`` console script: the library's commands plus what only the edge can do.
 
-``idap.cli`` is the plain-PyTorch CLI; this module builds its parser and adds MLflow tracking to
+``idap.cli.commands`` is the plain-PyTorch CLI; this module builds its parser and adds MLflow tracking to
 ``idap compress`` (``--no-track`` to skip it), s3:// locations, ``idap promote`` and the pipeline
 commands::
 
@@ -20,7 +20,6 @@ tune`` too) takes the same ``--quiet`` / ``--verbose`` pair with these meanings.
 
 import argparse
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -31,91 +30,22 @@ import warnings
 from dataclasses import replace
 from pathlib import Path
 
-from components import _mlflow, _promotion, _registry, _sources, _storage, _tracking
-from components._artifacts import effective_recipe, recipe_param
-from components._settings import SettingsError, load_settings
+from components.services import mlflow_backend, promotion, registry, sources, storage, tracking
+from components.services.artifacts import effective_recipe
+from components.services.settings import SettingsError, load_settings
 from idap import cli as idap_cli
 from idap.cli import log
-from idap.config import Recipe
-from idap.report_files import summary_lines
+from idap.report.files import summary_lines
 from pipelines import kfp_client
 from pipelines._cli_args import PipelineError, positive_int
+from pipelines.parameters import PIPELINES, load_pipeline, pipeline_arguments
 from pipelines.tune_cli import add_tune_parser
 
-# Pipelines by name, imported on use so that a later one (a Ray Tune search) costs nothing until run.
-PIPELINES = {"compress": "pipelines.compress:compress_pipeline", "tune": "pipelines.tune:tune_pipeline"}
-# Pipeline parameters that override recipe fields (components._artifacts.effective_recipe).
-RECIPE_OVERRIDES = ("seed", "max_accuracy_drop", "target_macs_reduction", "target_params_reduction")
+# Pipeline parameters that override recipe fields (components.services.artifacts.effective_recipe).
 
 
 EDGE_ERRORS = (*idap_cli.USER_ERRORS, SettingsError, PipelineError, kfp_client.CronError, kfp_client.KfpError,
-               _mlflow.TrackingError, _sources.SourceError)
-
-
-# ---- pipelines and their parameters ------------------------------------------------------------
-def load_pipeline(name: str):
-    if name not in PIPELINES:
-        raise PipelineError(f"unknown pipeline {name!r}; valid: {sorted(PIPELINES)}")
-    module, attr = PIPELINES[name].split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-def pipeline_parameters(pipeline) -> dict[str, tuple[str, object]]:
-    """``{name: (type, default)}`` of a pipeline's parameters (type: String, Integer, Float, Boolean)."""
-    return {name: (spec.type, spec.default) for name, spec in pipeline.component_spec.inputs.items()}
-
-
-def _typed(name: str, kind: str, raw: str):
-    try:
-        if kind == "Integer":
-            return int(raw)
-        if kind == "Float":
-            return float(raw)
-        if kind == "Boolean":
-            if raw.lower() in ("true", "1", "yes"):
-                return True
-            if raw.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(raw)
-    except ValueError:
-        raise PipelineError(f"parameter {name} must be {kind.lower()}, got {raw!r}") from None
-    return raw
-
-
-def pipeline_arguments(pipeline, params: list[str], recipe_file: str | None) -> dict:
-    """``--param k=v`` (typed by the pipeline's signature) and ``--recipe FILE``, checked before anything runs."""
-    spec = pipeline_parameters(pipeline)
-    arguments: dict = {}
-    for item in params:
-        key, eq, raw = item.partition("=")
-        key = key.strip()
-        if not eq or not key:
-            raise PipelineError(f"--param {item!r} must look like name=value")
-        if key not in spec:
-            raise PipelineError(f"unknown parameter {key!r} for pipeline {pipeline.name}; valid: {sorted(spec)}")
-        arguments[key] = _typed(key, spec[key][0], raw)
-    if recipe_file:
-        if "recipe_json" in arguments:
-            raise PipelineError("give the recipe either as --recipe FILE or as --param recipe_json=..., not both")
-        arguments["recipe_json"] = recipe_param(Recipe.from_yaml(recipe_file))
-    if "recipe_json" in spec:  # fail here, not three steps into a run, on a bad recipe or override
-        values = {k: arguments.get(k, spec[k][1]) for k in spec}
-        overrides = {k: values[k] for k in RECIPE_OVERRIDES if values.get(k) is not None}
-        recipe = effective_recipe(values["recipe_json"] or "", **overrides)
-        if "search_space" in spec:
-            check_search_space(values, recipe)
-    return arguments
-
-
-def check_search_space(values: dict, recipe: Recipe) -> None:
-    """The tune pipeline's search space against its recipe, as its search step will read them (``idap tune``
-    checks the same way): a bad space fails before any step, MLflow run or Ray starts."""
-    from components._search_space import SearchSpace
-
-    space = SearchSpace.load(values.get("search_space") or "").with_settings(
-        objective=values.get("objective") or None, reduction=values.get("reduction") or None,
-        num_samples=values.get("num_samples") or None)
-    space.validate(recipe)
+               mlflow_backend.TrackingError, sources.SourceError)
 
 
 # ---- pipeline commands -------------------------------------------------------------------------
@@ -266,22 +196,22 @@ def cmd_compress(args: argparse.Namespace) -> int:
     settings = load_settings()
     if args.register and args.no_track:
         raise PipelineError("--register needs tracking: drop --no-track")
-    _promotion.check_rule_args(args.promote_objective, args.promote_tolerance_pp)  # before hours of compression
+    promotion.check_rule_args(args.promote_objective, args.promote_tolerance_pp)  # before hours of compression
     _quiet_loggers(args.verbose)
     opts = idap_cli.CompressOptions.from_args(args)
-    if opts.model_dir and _storage.is_s3(opts.model_dir):  # the run reads local copies; params keep the URIs
-        opts = replace(opts, model_dir=str(_storage.resolve_input(opts.model_dir, settings.workdir)))
+    if opts.model_dir and storage.is_s3(opts.model_dir):  # the run reads local copies; params keep the URIs
+        opts = replace(opts, model_dir=str(storage.resolve_input(opts.model_dir, settings.workdir)))
     # s3:// datasets and dataset specs whose source is on s3:// are fetched (cached by content), as in the pipeline
-    opts = replace(opts, dataset=_sources.resolve_dataset(opts.dataset, settings.workdir))
+    opts = replace(opts, dataset=sources.resolve_dataset(opts.dataset, settings.workdir))
     if args.no_track:
         out, report, _ = idap_cli.run_compress(opts)
         log("\n".join(summary_lines(report)))
         print(json.dumps({"out": str(out), **report["ratios"], "test_acc": report["compressed"]["test_acc"]}))
         return 0
-    _mlflow.configure(settings)
+    mlflow_backend.configure(settings)
     params = {"model": args.model_dir or args.model, "dataset": args.dataset, "out": args.out}
     registration = None
-    with _tracking.step_run(None, "compress", params=params) as tracker:
+    with tracking.step_run(None, "compress", params=params) as tracker:
         out, report, result = idap_cli.run_compress(opts, on_step=tracker.on_step)
         tracker.log_recipe(result.recipe)
         tracker.log_dataset(report["dataset"])
@@ -292,7 +222,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
         if args.register:
             base = args.model_dir or f"{args.model} trained by idap compress ({args.train_epochs:g} epochs, " \
                                      f"seed {result.recipe.seed})"
-            registration = _registry.register_and_promote(
+            registration = registry.register_and_promote(
                 parent_run_id=tracker.run_id, model_dir=out / "model", dense_dir=opts.model_dir or out / "dense",
                 report=report, recipe=result.recipe, dataset=report["dataset"], registered_name=args.register,
                 base_model=base, objective=args.promote_objective, tolerance_pp=args.promote_tolerance_pp)
@@ -300,7 +230,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
                               "idap.registered_version": registration["version"],
                               "idap.promotion": registration["decision"],
                               "idap.promotion_reason": registration["reason"]})
-        tracker.set_tags({"mlflow.note.content": _tracking.summary_markdown(report, result.recipe, registration)})
+        tracker.set_tags({"mlflow.note.content": tracking.summary_markdown(report, result.recipe, registration)})
         run_id = tracker.run_id
     lines = summary_lines(report)
     if registration:
@@ -324,20 +254,20 @@ def _quiet_loggers(verbose: bool) -> None:
 def cmd_import(args: argparse.Namespace) -> int:
     """``idap import`` with remote sources: ``models:/NAME/VERSION`` / ``models:/NAME@ALIAS`` (the registered
     version's bundle artifact, never its pyfunc) and s3:// bundles or weights, downloaded into the work dir."""
-    from idap.import_cli import cmd_import as import_command
+    from idap.cli.import_cmd import cmd_import as import_command
 
     settings = load_settings()
-    if _sources.is_registry_uri(args.source_model) or _storage.is_s3(args.source_model):
+    if sources.is_registry_uri(args.source_model) or storage.is_s3(args.source_model):
         args.source_origin = args.source_model
-        args.source_model = str(_sources.resolve_model_source(args.source_model, settings.workdir))
-    if args.weights and _storage.is_s3(args.weights):
-        args.weights = str(_storage.resolve_input(args.weights, settings.workdir))
+        args.source_model = str(sources.resolve_model_source(args.source_model, settings.workdir))
+    if args.weights and storage.is_s3(args.weights):
+        args.weights = str(storage.resolve_input(args.weights, settings.workdir))
     return import_command(args)
 
 
 def cmd_promote(args: argparse.Namespace) -> int:
-    _mlflow.configure()
-    print(json.dumps(_registry.promote(args.name, args.version, force=args.force, reason=args.reason), indent=2))
+    mlflow_backend.configure()
+    print(json.dumps(registry.promote(args.name, args.version, force=args.force, reason=args.reason), indent=2))
     return 0
 
 
@@ -370,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--verbose", action="store_true", help="also MLflow's own log lines (database setup...)")
     compress.add_argument("--register", default=None, metavar="NAME",
                           help="register the compressed model in MLflow as NAME and promote it by rule")
-    compress.add_argument("--promote-objective", choices=_promotion.OBJECTIVES, default="latency",
+    compress.add_argument("--promote-objective", choices=promotion.OBJECTIVES, default="latency",
                           help="with --register: what a new champion must beat the current one on")
     compress.add_argument("--promote-tolerance-pp", type=float, default=0.1,
                           help="with --register: test accuracy slack (pp) for the latency / macs objectives")

@@ -1,5 +1,5 @@
-"""``idap tune``: a Ray Tune search over compression settings (``components._tune``), tracked in MLflow;
-``--submit`` runs it as a Ray job on a cluster (``components._ray_job``), ``--resume`` continues one.
+"""``idap tune``: a Ray Tune search over compression settings (``components.services.tune``), tracked in MLflow;
+``--submit`` runs it as a Ray job on a cluster (``components.services.ray_job``), ``--resume`` continues one.
 
 Part of the ``idap`` console script (:mod:`pipelines.cli` adds the parser).
 """
@@ -9,22 +9,23 @@ import json
 import time
 from pathlib import Path
 
-from components import _sources, _storage
-from components._settings import load_settings
+from components.services import sources as _sources
+from components.services import storage
+from components.services.settings import load_settings
 from idap import cli as idap_cli
 from idap.cli import log
-from idap.config import Recipe
+from idap.prune.config import Recipe
 from pipelines._cli_args import PipelineError, positive_int
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    """``idap tune``: a Ray Tune search over recipe settings (``components._tune``), tracked in MLflow.
+    """``idap tune``: a Ray Tune search over recipe settings (``components.services.tune``), tracked in MLflow.
 
     The space is checked against the recipe before anything loads; ``--resume`` continues an interrupted
     search from its experiment directory with the settings it started with.
     """
-    from components import _ray_connect, _tune
-    from components._search_space import SearchSpace
+    from components.services import ray_connect, tune
+    from components.services.search_space import SearchSpace
     from idap.bundle import load_bundle, save_bundle
 
     settings = load_settings()
@@ -34,7 +35,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         if args.submit:
             raise PipelineError("--resume continues a local search; a submitted job is not resumed: submit it again")
         exp_dir = Path(args.experiment_dir)
-        state = _tune.read_state(exp_dir)
+        state = tune.read_state(exp_dir)
         space = SearchSpace.from_dict(state["space"], source=state.get("space_source", "search space"))
         base, sources = Recipe.from_dict(state["base_recipe"]), state["sources"]
     else:
@@ -47,8 +48,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         base = idap_cli.recipe_from_args(args)
         space.validate(base)  # a bad space fails here, before data, model or Ray
         try:
-            _tune.check_new_experiment(exp_dir)
-        except _ray_connect.SearchError as exc:
+            tune.check_new_experiment(exp_dir)
+        except ray_connect.SearchError as exc:
             log(f"error: {exc}")
             return 2
         limit = 512 if args.smoke_test else None
@@ -60,8 +61,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     data = idap_cli.load_data(dataset, root=sources["data_root"], train_limit=sources["train_limit"],
                               test_limit=sources["test_limit"], recipe=base)
     if sources.get("model_dir"):
-        dense = load_bundle(_storage.resolve_input(sources["model_dir"], settings.workdir)
-                            if _storage.is_s3(sources["model_dir"]) else sources["model_dir"])
+        dense = load_bundle(storage.resolve_input(sources["model_dir"], settings.workdir)
+                            if storage.is_s3(sources["model_dir"]) else sources["model_dir"])
     else:  # trained once and kept in the experiment directory, so --resume searches the same model
         log(f"no --model-dir: training a dense {sources['model']} for {sources['train_epochs']} epochs first")
         dense, _ = idap_cli.train_dense(sources["model"], data, epochs=sources["train_epochs"], seed=base.seed,
@@ -70,25 +71,25 @@ def cmd_tune(args: argparse.Namespace) -> int:
             data.in_channels, data.image_size, data.image_size), recipe={"train_epochs": sources["train_epochs"]}))
     try:
         if args.submit:  # the whole search as a Ray job on the cluster (components/_ray_job)
-            from components import _ray_job
+            from components.services import ray_job
 
-            result = _ray_job.submit_search(
+            result = ray_job.submit_search(
                 args.submit, data=data, dense=dense, base=base, space=space, out_dir=exp_dir / "results",
                 run_name=f"tune {Path(str(dataset)).name}", sources=sources, exchange=args.exchange,
                 cpus_per_trial=args.cpus_per_trial, max_concurrent=args.max_concurrent, seed=args.search_seed,
                 measure_latency=not args.no_latency, timeout_s=args.job_timeout,
-                echo=None if args.quiet else _ray_job._stderr)
+                echo=None if args.quiet else ray_job._stderr)
         else:
-            result = _tune.run_search(
+            result = tune.run_search(
                 data=data, dense=dense, base=base, space=space, experiment_dir=exp_dir, resume=args.resume,
                 run_name=f"tune {Path(str(dataset)).name}", sources=sources, address=args.address,
                 storage=args.storage, num_cpus=args.num_cpus, cpus_per_trial=args.cpus_per_trial,
                 max_concurrent=args.max_concurrent, seed=args.search_seed, measure_latency=not args.no_latency,
                 verbose=0 if args.quiet else 2 if args.verbose else 1)
-    except _tune.SearchInterrupted as exc:
+    except tune.SearchInterrupted as exc:
         log(f"interrupted: {exc}")
         return 130
-    except _ray_connect.SearchError as exc:
+    except ray_connect.SearchError as exc:
         log(f"error: {type(exc).__name__}: {exc}")
         return 2
     w = result.winner

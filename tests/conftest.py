@@ -26,7 +26,7 @@ def digits():
 def trained_resnet20(digits):
     """A ResNet-20 trained for a few seconds on digits (8x8): good enough to make accuracy meaningful."""
     from idap.models import create_model
-    from idap.recovery import train
+    from idap.prune.recovery import train
 
     torch.manual_seed(0)
     model = create_model("resnet20", digits.num_classes, digits.in_channels, digits.image_size)

@@ -216,7 +216,7 @@ def test_a_set_variant_caches_its_runs_apart_from_the_preset(tmp_path):
 
 def test_a_field_added_later_keeps_cached_runs_valid_only_at_its_earlier_behaviour():
     from benchmarks.jobs import keyed_recipe
-    from idap.config import Recipe
+    from idap.prune.config import Recipe
 
     spec = Recipe.from_dict({"layer": {"patience": 0}})  # the behaviour before the field existed
     assert "patience" not in keyed_recipe(spec)["layer"] and "device" not in keyed_recipe(spec)

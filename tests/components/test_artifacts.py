@@ -4,14 +4,14 @@ import base64
 
 import pytest
 
-from components._artifacts import (
+from components.services.artifacts import (
     default_registered_name,
     effective_recipe,
     embed_images,
     recipe_from_json,
     recipe_param,
 )
-from idap.config import ConfigError, Recipe
+from idap.prune.config import ConfigError, Recipe
 
 
 def test_negative_parameters_keep_the_recipe_and_zero_clears_a_target():

@@ -1,6 +1,6 @@
 """evaluate: the report from the steps' artifacts, with the plots inside the Markdown artifact."""
 
-from components._artifacts import load_trajectory, profile_json, read_json
+from components.services.artifacts import load_trajectory, profile_json, read_json
 from idap.bundle import load_bundle
 from idap.data import load_splits
 from idap.report import evaluate_model

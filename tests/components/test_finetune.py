@@ -2,10 +2,10 @@
 
 import torch
 
-from components._artifacts import load_trajectory, recipe_from_json
+from components.services.artifacts import load_trajectory, recipe_from_json
 from idap.bundle import load_bundle
 from idap.data import load_splits
-from idap.metrics import count_params
+from idap.measure.metrics import count_params
 
 
 def test_final_step_is_recorded_and_the_weights_moved(chain):

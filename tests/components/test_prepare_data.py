@@ -4,7 +4,7 @@ import json
 
 import torch
 
-from components._artifacts import recipe_from_json
+from components.services.artifacts import recipe_from_json
 from idap.data import load_dataset, load_splits
 
 from .conftest import TINY_RECIPE

@@ -6,15 +6,15 @@ import copy
 import torch
 from kfp import dsl
 
-import idap.importance
-from components._artifacts import load_trajectory, read_json, recipe_from_json
+import idap.prune.importance
 from components.prune_filters import prune_filters
+from components.services.artifacts import load_trajectory, read_json, recipe_from_json
 from idap.bundle import load_bundle
-from idap.compress import stage_one
 from idap.data import load_splits
-from idap.divergence import FlowProfile
-from idap.metrics import count_params
-from idap.state import RunContext
+from idap.measure.metrics import count_params
+from idap.prune.compress import stage_one
+from idap.prune.divergence import FlowProfile
+from idap.prune.state import RunContext
 
 
 def test_trajectory_starts_dense_and_the_bundle_is_the_last_kept_model(chain):
@@ -37,8 +37,8 @@ def test_same_model_as_filter_stage_in_process(chain):
 
 def test_first_step_ranks_by_the_profile_artifact(chain, tmp_path, monkeypatch):
     calls = []
-    real = idap.importance.flow_profile
-    monkeypatch.setattr(idap.importance, "flow_profile", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = idap.prune.importance.flow_profile
+    monkeypatch.setattr(idap.prune.importance, "flow_profile", lambda *a, **k: calls.append(1) or real(*a, **k))
     prune_filters.python_func(data=chain.out["data"], dense=chain.out["dense"], profile=chain.out["profile"],
                               recipe_json=chain.recipe_json, parent_run_id="",
                               model=dsl.Model(uri=str(tmp_path / "m")), trajectory=dsl.Artifact(uri=str(tmp_path / "t")))

@@ -5,11 +5,11 @@ import json
 import torch
 from kfp import dsl
 
-from components._artifacts import load_trajectory, recipe_from_json, recipe_param
 from components.prune_layers import prune_layers
+from components.services.artifacts import load_trajectory, recipe_from_json, recipe_param
 from idap.bundle import load_bundle
 from idap.data import load_splits
-from idap.prunable import block_candidates
+from idap.models.prunable import block_candidates
 
 
 def test_cnn_small_has_no_block_to_remove(chain):

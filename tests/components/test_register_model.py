@@ -1,6 +1,6 @@
 """register_model: a registered version with lineage, the promotion decision, the parent run closed."""
 
-from components._artifacts import read_json, recipe_from_json
+from components.services.artifacts import read_json, recipe_from_json
 
 
 def test_version_registered_and_first_one_is_champion(chain, mlflow_client):

@@ -3,12 +3,12 @@
 
 import torch
 
-from components._artifacts import profile_json, read_json, recipe_from_json
+from components.services.artifacts import profile_json, read_json, recipe_from_json
 from idap.bundle import load_bundle
-from idap.compress import dense_profile
 from idap.data import load_splits
-from idap.divergence import FlowProfile
-from idap.state import RunContext
+from idap.prune.compress import dense_profile
+from idap.prune.divergence import FlowProfile
+from idap.prune.state import RunContext
 
 
 def test_profile_round_trips_exactly(chain):

@@ -1,4 +1,4 @@
-"""components._storage against a real S3 endpoint (moto server on 127.0.0.1) and dead / wrong endpoints."""
+"""components.services.storage against a real S3 endpoint (moto server on 127.0.0.1) and dead / wrong endpoints."""
 
 import hashlib
 import time
@@ -6,7 +6,7 @@ import time
 import boto3
 import pytest
 
-from components._storage import StorageError, download, is_s3, parse_s3, resolve_input, upload
+from components.services.storage import StorageError, download, is_s3, parse_s3, resolve_input, upload
 from tests.integration.services import closed_port, create_bucket, use_s3
 
 BUCKET = "idap-test"

@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-import idap.bundle
-from components._storage import StorageError, resolve_input, upload
+import idap.bundle.store
+from components.services.storage import StorageError, resolve_input, upload
 from idap.bundle import load_bundle, save_bundle
 from idap.models import create_model
 from tests.components.test_storage import BUCKET, make_tree, moto, tree  # noqa: F401  (fixture)
@@ -139,13 +139,13 @@ def test_a_full_disk_while_saving_keeps_the_previous_bundle(tmp_path, monkeypatc
     model = create_model("cnn_small", 10, 1, 8)
     path = save_bundle(model, tmp_path / "bundle", input_shape=(1, 8, 8), recipe={"v": 1})
     before = {p.name: p.read_bytes() for p in path.iterdir()}
-    real = idap.bundle.save_file
+    real = idap.bundle.store.save_file
 
     def full_disk(tensors, filename, metadata=None):
         real(tensors, filename, metadata=metadata)
         raise OSError(errno.ENOSPC, "No space left on device", filename)
 
-    monkeypatch.setattr(idap.bundle, "save_file", full_disk)
+    monkeypatch.setattr(idap.bundle.store, "save_file", full_disk)
     with pytest.raises(OSError, match="No space left"):
         save_bundle(create_model("cnn_small", 10, 1, 8), path, input_shape=(1, 8, 8), recipe={"v": 2})
     assert {p.name: p.read_bytes() for p in path.iterdir()} == before

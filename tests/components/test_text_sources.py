@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from components._sources import resolve_dataset
-from components._storage import upload
+from components.services.sources import resolve_dataset
+from components.services.storage import upload
 from idap.data import load_dataset
 from tests.idap.test_lm_task import write_book
 from tests.idap.text_fixtures import word_tokenizer, write_corpus

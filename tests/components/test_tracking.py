@@ -1,7 +1,7 @@
-"""components._tracking and components._registry on an embedded sqlite store: run tree, logging,
+"""components.services.tracking and components.services.registry on an embedded sqlite store: run tree, logging,
 registration, promotion by rule.
 
-Models are tiny random ``cnn_small`` bundles at 8x8; reports are built with ``idap.report.build_report``
+Models are tiny random ``cnn_small`` bundles at 8x8; reports are built with ``idap.report.evaluate.build_report``
 from chosen figures, so every promotion decision is known in advance.
 """
 
@@ -21,21 +21,18 @@ import torch
 from mlflow import MlflowClient
 from safetensors.numpy import load_file, save_file
 
-from components import _logged_model as logged_model
-from components import _mlflow as mlflow_conn
-from components import _promotion as promotion
-from components import _registry as registry
-from components import _tracking as tracking
-from components._mlflow import TrackingError
-from components._promotion import PromotionError
-from components._tracking import StepTracker
+from components.services import logged_model, promotion, registry, tracking
+from components.services import mlflow_backend as mlflow_conn
+from components.services.mlflow_backend import TrackingError
+from components.services.promotion import PromotionError
+from components.services.tracking import StepTracker
 from idap.bundle import load_bundle, save_bundle
-from idap.bundle_format import BundleError
-from idap.config import FilterStageConfig, Recipe
+from idap.bundle.format import BundleError
 from idap.models import create_model
+from idap.prune.config import FilterStageConfig, Recipe
+from idap.prune.state import StepRecord
 from idap.report import build_report
-from idap.report_files import write_report
-from idap.state import StepRecord
+from idap.report.files import write_report
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = Recipe(max_accuracy_drop=1.0, filter=FilterStageConfig(steps=3))
@@ -165,7 +162,7 @@ def test_nested_runs_across_processes(workdir, client, digits, tmp_path):
     # Step 1 in another process, knowing only the parent's id.
     python("""
         import sys
-        from components._tracking import step_run
+        from components.services.tracking import step_run
         with step_run(sys.argv[1], "data", params={"dataset": "digits"}) as t:
             t.log_metrics({"train_size": 1000})
     """, parent)
@@ -424,7 +421,7 @@ def test_compare_and_set_repairs_a_stale_overwrite(workdir, client):
 RACE_SCRIPT = """
     import json, sys, time
     from pathlib import Path
-    from components._registry import register_and_promote
+    from components.services.registry import register_and_promote
     args = json.loads(sys.argv[1])
     Path(args.pop("ready")).touch()
     go = Path(args.pop("go"))

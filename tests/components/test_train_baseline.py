@@ -6,11 +6,11 @@ import pytest
 import torch
 from kfp import dsl
 
-from components._artifacts import recipe_from_json
+from components.services.artifacts import recipe_from_json
 from components.train_baseline import train_baseline
-from idap.baseline import train_dense
 from idap.bundle import load_bundle, read_bundle_info, save_bundle
 from idap.data import load_splits
+from idap.dense.baseline import train_dense
 from idap.models import create_model
 
 from .conftest import TRAIN_EPOCHS

@@ -1,4 +1,4 @@
-"""The Ray Tune search (components/_tune.py and the _search_* modules): the search space checked before Ray starts, and real searches
+"""The Ray Tune search (components/tune.py and the _search_* modules): the search space checked before Ray starts, and real searches
 on local Ray — digits, cnn_small, a tiny recipe, MLflow in the package's sqlite store — that check the
 nested trial runs, the default recipe as first trial, ASHA stopping a trial early, a failing trial, the
 Pareto front and resuming an interrupted search (``idap tune --resume``)."""
@@ -12,9 +12,9 @@ import pytest
 import yaml
 from ray.tune import Callback
 
-from components import _ray_connect, _search_results, _tune
-from components._search_space import DEFAULT_SPACE, SearchSpace, SearchSpaceError
-from idap.config import Recipe
+from components.services import ray_connect, search_results, tune
+from components.services.search_space import DEFAULT_SPACE, SearchSpace, SearchSpaceError
+from idap.prune.config import Recipe
 
 TINY = {"calibration_size": 128, "validation_size": 256, "eval_batch_size": 256, "device": "cpu",
         "max_accuracy_drop": 30.0, "filter": {"steps": 3, "p0": 0.05},
@@ -101,7 +101,7 @@ def test_pareto_front_is_exactly_the_non_dominated_points():
 
     rng = random.Random(0)
     points = [{"val_acc": rng.choice([90.0, 91.0, 92.0, 93.0]), "macs_reduction": rng.uniform(1, 3)} for _ in range(40)]
-    front = _search_results.pareto_front(points)
+    front = search_results.pareto_front(points)
     dominated = [p for p in points if any(q["val_acc"] >= p["val_acc"] and q["macs_reduction"] >= p["macs_reduction"]
                                           and q != p for q in points)]
     assert front and all(p not in dominated for p in front)
@@ -117,7 +117,7 @@ def StepRecord(stage, index, action, *, params, macs, val_acc, accepted=True):  
 
 
 def test_a_trial_over_budget_scores_infeasible_and_never_wins():
-    progress = _tune._Progress(dense_val_acc=90.0, dense_macs=1000, dense_params=100, budget_pp=1.0, slack_pp=1.0,
+    progress = tune._Progress(dense_val_acc=90.0, dense_macs=1000, dense_params=100, budget_pp=1.0, slack_pp=1.0,
                                reduction="macs", started=0.0)
     first = progress.step(StepRecord("filter", 0, "rollback", params=20, macs=100, val_acc=70.0, accepted=False))
     assert first["macs_reduction"] == 1.0 and first["val_acc"] == 90.0  # rolled back: still the dense model
@@ -126,19 +126,19 @@ def test_a_trial_over_budget_scores_infeasible_and_never_wins():
     rolled = progress.step(StepRecord("filter", 1, "rollback", params=10, macs=100, val_acc=80.0, accepted=False))
     assert rolled["macs_reduction"] == 4.0  # a rolled-back step is not the model carried on
     final = progress.finish(StepRecord("finetune", 0, "finetune", params=50, macs=250, val_acc=88.5), 1.0)
-    assert final["feasible"] == 0.0 and final["score"] == _tune.INFEASIBLE  # the final model: budget only
+    assert final["feasible"] == 0.0 and final["score"] == tune.INFEASIBLE  # the final model: budget only
     space = SearchSpace.from_dict(SPACE)
     trials = [{"status": "complete", "feasible": False, "macs_reduction": 9.0, "val_acc": 80.0, "index": 0},
               {"status": "complete", "feasible": True, "macs_reduction": 2.0, "val_acc": 89.5, "index": 1},
               {"status": "stopped", "feasible": False, "macs_reduction": 5.0, "val_acc": 89.9, "index": 2}]
-    assert _search_results.select_winner(space, [], trials) is trials[1]
-    assert _search_results.select_winner(space, [], trials[:1]) is None
+    assert search_results.select_winner(space, [], trials) is trials[1]
+    assert search_results.select_winner(space, [], trials[:1]) is None
 
 
 def test_asha_never_stops_the_default_recipe():
     from types import SimpleNamespace
 
-    asha = _tune.SparingASHA(spared={"filter.p0": 0.05}, time_attr="training_iteration", metric="score", mode="max",
+    asha = tune.SparingASHA(spared={"filter.p0": 0.05}, time_attr="training_iteration", metric="score", mode="max",
                              max_t=100, grace_period=1, reduction_factor=2)
     trials = [SimpleNamespace(trial_id=f"t{i}", config={"filter.p0": p}) for i, p in enumerate([0.3, 0.05, 0.02])]
     for t in trials:
@@ -151,10 +151,10 @@ def test_asha_never_stops_the_default_recipe():
 
 def test_a_searched_delta_above_the_budget_becomes_stage_slack():
     recipe = Recipe(max_accuracy_drop=2.5, stage_slack=0.5)
-    held = _search_results.held_to_budget(recipe, 1.0)
+    held = search_results.held_to_budget(recipe, 1.0)
     assert held.max_accuracy_drop == 1.0 and math.isclose(held.stage_budget, recipe.stage_budget)
     strict = Recipe(max_accuracy_drop=0.5)
-    assert _search_results.held_to_budget(strict, 1.0) == strict
+    assert search_results.held_to_budget(strict, 1.0) == strict
 
 
 # ---- real searches on local Ray ----------------------------------------------------------------
@@ -163,7 +163,7 @@ def ray_session():
     """One local Ray for the module (starting it costs ~7 s and ~3 GB), always shut down."""
     import ray
 
-    owned = _ray_connect.start_ray(num_cpus=2)
+    owned = ray_connect.start_ray(num_cpus=2)
     yield
     if owned:
         ray.shutdown()
@@ -186,7 +186,7 @@ def dense_setup(tmp_path_factory):
 
 def flaky_compress(dense, data, recipe, **kw):
     """The library's compress, except that one configuration raises (a trial made to fail)."""
-    from idap.compress import compress
+    from idap.prune.compress import compress
 
     if recipe.filter.alpha == FAIL_ALPHA:
         raise RuntimeError("trial made to fail")
@@ -208,7 +208,7 @@ def constrained(tracking_env, ray_session, dense_setup, tmp_path_factory):
     it at the first rung: the two before it pruned more) and one sampled by Optuna."""
     s = dense_setup
     space = SearchSpace.from_dict({**SPACE, "objective": "constrained", "num_samples": 5})
-    result = _tune.run_search(
+    result = tune.run_search(
         data=s["data"], dense=s["dense"], base=s["base"], space=space,
         experiment_dir=tmp_path_factory.mktemp("tune") / "constrained", max_concurrent=1, seed=0,
         measure_latency=True, compress_fn=flaky_compress, run_name="constrained-test",
@@ -285,7 +285,7 @@ def test_the_winner_is_the_largest_feasible_reduction_and_its_recipe_is_saved(co
 @slow
 def test_the_result_files_read_back_as_the_same_result(constrained):
     """What a search run as a Ray job hands back through S3: read_results rebuilds the SearchResult."""
-    back = _search_results.read_results(constrained.files["json"].parent, search_run_id=constrained.search_run_id)
+    back = search_results.read_results(constrained.files["json"].parent, search_run_id=constrained.search_run_id)
     assert back.winner == json.loads(json.dumps(constrained.winner, default=str))
     assert back.winner_recipe == constrained.winner_recipe and back.base == constrained.base
     assert [t["trial_id"] for t in back.front] == [t["trial_id"] for t in constrained.front]
@@ -297,11 +297,11 @@ def test_the_result_files_read_back_as_the_same_result(constrained):
 
 def test_result_files_that_are_not_a_search_are_refused(tmp_path):
     with pytest.raises(SearchSpaceError, match="holds no pareto.json"):
-        _search_results.read_results(tmp_path, search_run_id="x")
+        search_results.read_results(tmp_path, search_run_id="x")
     for name in ("pareto.json", "best-recipe.yaml", "search.md"):
         (tmp_path / name).write_text("{}")
     with pytest.raises(SearchSpaceError, match="is not a search's pareto.json"):
-        _search_results.read_results(tmp_path, search_run_id="x")
+        search_results.read_results(tmp_path, search_run_id="x")
 
 
 def test_the_cluster_side_gets_the_settings_but_never_a_credential(monkeypatch):
@@ -309,16 +309,16 @@ def test_the_cluster_side_gets_the_settings_but_never_a_credential(monkeypatch):
                        "IDAP_BUCKET": "b", "AWS_SECRET_ACCESS_KEY": "s3cr3t", "AWS_ACCESS_KEY_ID": "k",
                        "MLFLOW_TRACKING_PASSWORD": "pw"}.items():
         monkeypatch.setenv(key, value)
-    env = _ray_connect.cluster_env()
+    env = ray_connect.cluster_env()
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000" and env["IDAP_BUCKET"] == "b"
     assert env["RAY_USAGE_STATS_ENABLED"] == "0" and env["MLFLOW_DISABLE_TELEMETRY"] == "true"
-    assert not set(_ray_connect.SECRET_ENV) & set(env) and "s3cr3t" not in json.dumps(env)
+    assert not set(ray_connect.SECRET_ENV) & set(env) and "s3cr3t" not in json.dumps(env)
 
 
 def test_tune_storage_local_or_s3(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-    assert _ray_connect.tune_storage(None, tmp_path / "exp") == (str(tmp_path), None)
-    path, fs = _ray_connect.tune_storage("s3://bucket/some/prefix/", tmp_path / "exp")
+    assert ray_connect.tune_storage(None, tmp_path / "exp") == (str(tmp_path), None)
+    path, fs = ray_connect.tune_storage("s3://bucket/some/prefix/", tmp_path / "exp")
     assert path == "bucket/some/prefix" and fs.type_name == "s3"
 
 
@@ -346,15 +346,15 @@ def test_multi_objective_front_and_an_interrupted_search_resumes(tracking_env, r
     exp = tmp_path / "multi"
     handler = signal.getsignal(signal.SIGINT)
     try:
-        with pytest.raises(_tune.SearchInterrupted, match="resume it with `idap tune --resume"):
-            _tune.run_search(data=s["data"], dense=s["dense"], base=s["base"], space=space, experiment_dir=exp,
+        with pytest.raises(tune.SearchInterrupted, match="resume it with `idap tune --resume"):
+            tune.run_search(data=s["data"], dense=s["dense"], base=s["base"], space=space, experiment_dir=exp,
                              max_concurrent=1, measure_latency=False, run_name="resume-test",
                              sources={"dataset": "digits", "data_root": None, "train_limit": None, "test_limit": None,
                                       "model_dir": str(s["dense_dir"])},
                              callbacks=[InterruptAfter(2, tmp_path / "interrupted")])
     finally:
         signal.signal(signal.SIGINT, handler)
-    state = _tune.read_state(exp)
+    state = tune.read_state(exp)
     client, before = _children(state["search_run_id"])
     finished = {r.data.tags["idap.trial_id"]: r for r in before if r.info.status == "FINISHED"}
     assert len(finished) >= 2 and client.get_run(state["search_run_id"]).info.status == "KILLED"
@@ -398,7 +398,7 @@ def test_idap_tune_trains_a_dense_model_and_prints_the_winner(tracking_env, ray_
     printed = json.loads(capsys.readouterr().out)
     assert printed["trials"] == {"complete": 2, "stopped": 0, "failed": 0} or sum(printed["trials"].values()) == 2
     assert Recipe.from_yaml(printed["best_recipe"]).filter.steps == TINY["filter"]["steps"]
-    state = _tune.read_state(exp)
+    state = tune.read_state(exp)
     assert state["sources"]["model_dir"] == str((exp / "dense").absolute()) and (exp / "dense" / "architecture.json").is_file()
     assert state["sources"]["train_limit"] == 512  # --smoke-test shrinks the data too
     assert main(["tune", "--dataset", "digits", "--experiment-dir", str(exp)]) == 2  # a second search there: refused
@@ -410,7 +410,7 @@ KILL_ALPHA = 2.998  # a trial with exactly this alpha kills its own Ray worker p
 
 def killing_compress(dense, data, recipe, **kw):
     """The library's compress, except that one configuration dies as an OOM-killed worker would."""
-    from idap.compress import compress
+    from idap.prune.compress import compress
 
     if recipe.filter.alpha == KILL_ALPHA:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -422,7 +422,7 @@ def test_a_ray_worker_killed_during_a_trial_fails_that_trial_and_the_search_fini
         tracking_env, ray_session, dense_setup, tmp_path):
     s = dense_setup
     space = SearchSpace.from_dict({**SPACE, "objective": "constrained", "num_samples": 3})
-    result = _tune.run_search(
+    result = tune.run_search(
         data=s["data"], dense=s["dense"], base=s["base"], space=space, experiment_dir=tmp_path / "killed",
         max_concurrent=1, seed=0, measure_latency=False, compress_fn=killing_compress, run_name="worker-killed",
         extra_points=[{"filter.alpha": KILL_ALPHA}, {"filter.p0": 0.3}])

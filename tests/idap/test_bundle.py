@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from idap.bundle import load_bundle, read_bundle_info, save_bundle
-from idap.bundle_format import BundleError
+from idap.bundle.format import BundleError
+from idap.bundle.onnx_export import check_onnx, export_onnx
 from idap.models import create_model, list_models
-from idap.onnx_export import check_onnx, export_onnx
-from idap.prunable import block_candidates, classifier, prune_exclusions
+from idap.models.prunable import block_candidates, classifier, prune_exclusions
 
 REPO = Path(__file__).resolve().parents[2]
 SHAPE = (1, 8, 8)

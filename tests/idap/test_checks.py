@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 
 from idap.bundle import save_bundle
-from idap.checks import check_data, check_model_fits
 from idap.cli import main as idap_main
 from idap.data import DataError, load_dataset
+from idap.data.checks import check_data, check_model_fits
 from idap.models import create_model
 
 

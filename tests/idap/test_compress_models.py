@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from idap.bundle import load_bundle, save_bundle
-from idap.compress import compress
-from idap.config import Recipe
-from idap.metrics import count_macs, count_params
+from idap.measure.metrics import count_macs, count_params
 from idap.models import create_model, list_models
+from idap.prune.compress import compress
+from idap.prune.config import Recipe
 
 HEAVY = {"densenet121", "convnext_tiny", "resnet50", "efficientnet_b0", "vgg16_bn", "resnet56"}
 

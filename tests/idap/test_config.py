@@ -1,6 +1,6 @@
 import pytest
 
-from idap.config import ConfigError, Recipe
+from idap.prune.config import ConfigError, Recipe
 
 
 def test_defaults_match_the_spec():

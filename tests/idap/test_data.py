@@ -1,4 +1,4 @@
-"""idap.data: seeded disjoint splits, hashes, bad inputs and the pickle-free round trip."""
+"""idap.data.sources: seeded disjoint splits, hashes, bad inputs and the pickle-free round trip."""
 
 import gzip
 import json
@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from idap import data
 from idap.data import (
     DataError,
     DataSplits,
+    builtin,
     fetch_dataset,
     list_datasets,
     load_dataset,
@@ -21,7 +21,7 @@ from idap.data import (
 )
 
 SPLITS = ("train", "calib", "val", "test")
-DEBIAN_FILES = [data.FASHION_DEBIAN_DIR / f"{f}.gz" for f in data._FASHION_FILES]
+DEBIAN_FILES = [builtin.FASHION_DEBIAN_DIR / f"{f}.gz" for f in builtin._FASHION_FILES]
 # sha256 of the four uncompressed Fashion-MNIST IDX files: the same for Debian's and torchvision's copies
 FASHION_HASH = "14410854cf7a289477dcfc7df3f8ec24741e281cdcc425ede0d9a748ca630214"
 
@@ -134,8 +134,8 @@ def test_load_splits_rejects_missing_and_mismatched_files(tmp_path):
 
 def test_one_directory_switches_between_tensors_and_a_reference(tmp_path):
     """save_splits is the one way for both kinds: a directory reused for the other kind keeps no stale file."""
-    from idap.image_folder import open_image_folder
-    from idap.streaming import StreamedSplits
+    from idap.data.image_folder import open_image_folder
+    from idap.data.streaming import StreamedSplits
     from tests.idap.test_streaming import make_folder
 
     streamed = open_image_folder(make_folder(tmp_path / "f", per_class=6), calibration_size=2, validation_size=2,
@@ -260,8 +260,8 @@ def test_malformed_idx_file_is_named(tmp_path):
 
 
 def test_fetch_explains_how_to_get_fashion_when_everything_fails(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "FASHION_DEBIAN_DIR", tmp_path / "no-debian")
-    monkeypatch.setattr(data, "_torchvision_download", lambda root: False)
+    monkeypatch.setattr(builtin, "FASHION_DEBIAN_DIR", tmp_path / "no-debian")
+    monkeypatch.setattr(builtin, "_torchvision_download", lambda root: False)
     with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist.*--data-root"):
         fetch_dataset("fashion-mnist", tmp_path)
     with pytest.raises(DataError, match="unknown dataset 'mnist'"):

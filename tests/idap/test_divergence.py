@@ -4,8 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from idap.attention import HeadPrunableAttention
-from idap.divergence import block_divergence, block_influence, channel_score, flow_profile, head_score
+from idap.models.attention import HeadPrunableAttention
+from idap.prune.divergence import block_divergence, block_influence, channel_score, flow_profile, head_score
 
 
 class TwoConv(nn.Module):
@@ -102,7 +102,7 @@ def test_head_score_by_hand_and_in_profile():
     proj = attn.out_proj
     attn.out_proj = None  # what the head-score path sees of a module without out_proj
     try:
-        from idap.divergence import _reads_out_proj
+        from idap.prune.divergence import _reads_out_proj
 
         assert not _reads_out_proj(attn)
     finally:
@@ -111,8 +111,8 @@ def test_head_score_by_hand_and_in_profile():
 
 
 def test_head_scores_of_a_grouped_query_attention_match_per_head_output():
-    from idap.divergence import _head_weight_norms
-    from idap.lm import GroupedQueryAttention
+    from idap.models.lm import GroupedQueryAttention
+    from idap.prune.divergence import _head_weight_norms
 
     torch.manual_seed(0)
     gqa = GroupedQueryAttention(16, kv_heads=2, queries_per_group=2, head_dim=4, rope_theta=10000.0)
@@ -181,7 +181,7 @@ def test_channels_last_blocks_score_one_value_per_channel(point):
 
 def test_a_registered_block_score_is_usable_from_a_recipe(monkeypatch):
     from idap import divergence
-    from idap.config import ConfigError, Recipe
+    from idap.prune.config import ConfigError, Recipe
 
     monkeypatch.setattr(divergence, "_BLOCK_SCORES", dict(divergence._BLOCK_SCORES))
     with pytest.raises(ConfigError, match=r"layer.block_score must be one of \[.*'divergence'.*got 'output_norm'"):
@@ -199,7 +199,7 @@ def test_a_registered_block_score_is_usable_from_a_recipe(monkeypatch):
 
 def test_a_registered_importance_is_usable_from_a_recipe(monkeypatch):
     from idap import importance
-    from idap.config import ConfigError, Recipe
+    from idap.prune.config import ConfigError, Recipe
 
     monkeypatch.setattr(importance, "_REGISTRY", dict(importance._REGISTRY))
     with pytest.raises(ConfigError, match="filter.importance must be one of"):

@@ -4,10 +4,10 @@ import copy
 
 import torch
 
-from idap.config import Recipe
-from idap.filter_stage import _ChannelPlan, run_filter_stage
-from idap.state import RunContext
-from idap.surgery import channel_groups, dependency_graph
+from idap.prune.config import Recipe
+from idap.prune.filter_stage import _ChannelPlan, run_filter_stage
+from idap.prune.state import RunContext
+from idap.prune.surgery import channel_groups, dependency_graph
 
 
 def recipe(**filter_kw):

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from idap.divergence import flow_profile
-from idap.importance import FlowImportance, ScoringContext, create_importance, list_importances
 from idap.models import create_model
-from idap.surgery import channel_groups, dependency_graph
+from idap.prune.divergence import flow_profile
+from idap.prune.importance import FlowImportance, ScoringContext, create_importance, list_importances
+from idap.prune.surgery import channel_groups, dependency_graph
 
 
 @pytest.fixture(scope="module")

@@ -14,10 +14,11 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
-from idap.bundle import load_bundle, read_bundle_info, read_input_spec
+from idap.bundle import load_bundle, read_bundle_info
+from idap.bundle.format import read_input_spec
 from idap.cli import main
-from idap.importing import IMAGENET_MEAN, ModelImportError, import_model, read_state_dict
-from idap.metrics import count_macs
+from idap.dense.importing import IMAGENET_MEAN, ModelImportError, import_model, read_state_dict
+from idap.measure.metrics import count_macs
 from idap.models import ModelError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -120,7 +121,7 @@ def test_user_factory_safetensors_and_trust(tmp_path):
     _randomize_bn(source)
     save_file(source.state_dict(), str(tmp_path / "tiny.safetensors"))
     env = {**os.environ, "IDAP_TRUSTED_MODULES": "", "PYTHONPATH": str(ROOT)}
-    code = ("import sys; from idap.cli import main; sys.exit(main(sys.argv[1:]))")
+    code = ("import sys; from idap.cli.commands import main; sys.exit(main(sys.argv[1:]))")
     args = ["import", "--model", "tests.idap.factories:tiny_net", "--weights", str(tmp_path / "tiny.safetensors"),
             "--image-size", "16", "--option", "width=6", "--normalization", "0.5,0.5,0.5/0.25,0.25,0.25",
             "--out", str(tmp_path / "b")]
@@ -134,7 +135,7 @@ def test_user_factory_safetensors_and_trust(tmp_path):
     assert info["architecture"]["arch"]["name"] == "tests.idap.factories:tiny_net"
     assert info["metadata"]["import"]["trusted_module"] == "tests.idap.factories"
     # Later loads need the same trust: without it the bundle is refused, with it it reproduces the source.
-    load = ("import sys; from idap.bundle import load_bundle; load_bundle(sys.argv[1])")
+    load = ("import sys; from idap.bundle.store import load_bundle; load_bundle(sys.argv[1])")
     refused = subprocess.run([sys.executable, "-c", load, str(tmp_path / "b")], env=env, capture_output=True,
                              text=True, timeout=120, cwd=tmp_path)
     assert refused.returncode != 0 and "not trusted" in refused.stderr
@@ -185,7 +186,7 @@ def test_efficientnet_lite0_prunes_as_convs(tmp_path):
     report = import_model("examples.efficientnet_lite0:efficientnet_lite0", weights, tmp_path / "lite0",
                           num_classes=10, image_size=32)
     model = load_bundle(tmp_path / "lite0", trust_modules=["examples"])
-    from idap.surgery import channel_groups, dependency_graph, prune_channels
+    from idap.prune.surgery import channel_groups, dependency_graph, prune_channels
 
     groups = {g.name: g for g in channel_groups(model, dependency_graph(model, (3, 32, 32)))}
     assert "_blocks.1._depthwise_conv" in groups or "_blocks.1._expand_conv" in groups

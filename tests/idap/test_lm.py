@@ -6,25 +6,25 @@ import copy
 import pytest
 import torch
 
-from idap.lm import BertClassifier, LlamaLM, TextModelError, perplexity
-from idap.lm_weights import layer_shapes
-from idap.metrics import count_macs
-from idap.prunable import block_candidates, prune_exclusions
-from idap.surgery import (
-    attention_modules,
-    channel_groups,
-    dependency_graph,
-    prune_channels,
-    prune_heads,
-    remove_block,
-)
-from idap.text_models import (
+from idap.dense.text_models import (
     bert_from_hf,
     export_text_onnx,
     llama_from_hf,
     load_text_model,
     save_text_model,
     to_hf,
+)
+from idap.measure.metrics import count_macs
+from idap.models.lm import BertClassifier, LlamaLM, TextModelError, perplexity
+from idap.models.lm_weights import layer_shapes
+from idap.models.prunable import block_candidates, prune_exclusions
+from idap.prune.surgery import (
+    attention_modules,
+    channel_groups,
+    dependency_graph,
+    prune_channels,
+    prune_heads,
+    remove_block,
 )
 
 transformers = pytest.importorskip("transformers")
@@ -220,9 +220,9 @@ def test_perplexity_of_a_model_that_predicts_its_text_is_low(hf_llama):
 @pytest.mark.slow
 def test_compress_prunes_heads_neurons_and_layers_of_a_tiny_encoder(tmp_path):
     from idap import Recipe, compress
-    from idap.config import FilterStageConfig, LayerStageConfig, RecoveryConfig
-    from idap.recovery import recover
-    from idap.text import load_text_folder
+    from idap.data.text import load_text_folder
+    from idap.prune.config import FilterStageConfig, LayerStageConfig, RecoveryConfig
+    from idap.prune.recovery import recover
     from tests.idap.test_text import WORDS, word_tokenizer, write_corpus
 
     data = load_text_folder(write_corpus(tmp_path / "c", per_class=40), word_tokenizer(), max_length=16,

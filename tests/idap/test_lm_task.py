@@ -9,11 +9,12 @@ import random
 import pytest
 import torch
 
-from idap.config import RecoveryConfig
 from idap.data import DataError, load_dataset, load_splits, save_splits
-from idap.lm_task import LMSplits, mean_token_ce, token_loss, token_windows
-from idap.metrics import accuracy
-from idap.recovery import recover
+from idap.data.lm import LMSplits, token_windows
+from idap.measure.metrics import accuracy
+from idap.measure.tokens import mean_token_ce, token_loss
+from idap.prune.config import RecoveryConfig
+from idap.prune.recovery import recover
 
 from .text_fixtures import WORDS, hf_llama_dir, tiny_recipe, word_tokenizer
 
@@ -74,7 +75,7 @@ def test_spec_names_tokenizer_block_size_and_max_tokens(llama_bundle, tmp_path):
     spec.write_text(f"kind: lm\npath: book.txt\ntokenizer: {llama_bundle / 'hf'}\nblock_size: 8\nmax_tokens: 401\n")
     data = load_dataset(str(spec), tokenizer=llama_bundle / "bundle", calibration_size=4, validation_size=4)
     assert data.input_shape == (8,) and sum(len(getattr(data, f"{s}_x")) for s in ("train", "calib", "val", "test")) == 50
-    from components._sources import resolve_dataset
+    from components.services.sources import resolve_dataset
 
     # what idap compress and the pipeline's data step do first: a local lm spec is read as it is
     assert resolve_dataset(str(spec), tmp_path / "work") == str(spec)
@@ -135,7 +136,7 @@ def test_recovery_lowers_token_cross_entropy(llama_bundle, tmp_path):
 def test_idap_compress_and_evaluate_on_a_llama_bundle_and_a_text_file(llama_bundle, tmp_path, capsys):
     from idap.bundle import load_bundle
     from idap.cli import main
-    from idap.metrics import count_params
+    from idap.measure.metrics import count_params
 
     book = write_book(tmp_path / "book.txt")
     tiny_recipe(tmp_path / "r.yaml", final_budget=10)
@@ -159,7 +160,7 @@ def test_idap_compress_and_evaluate_on_a_llama_bundle_and_a_text_file(llama_bund
             a = layer.attention
             assert a.k_proj.out_features == a.num_heads * a.head_dim == a.v_proj.out_features
             assert a.q_proj.out_features == a.num_heads * a.queries_per_group * a.head_dim == a.out_proj.in_features
-    from components._summaries import report_metrics  # what the pipeline logs to MLflow
+    from components.services.summaries import report_metrics  # what the pipeline logs to MLflow
 
     flat = report_metrics(report)
     assert flat["dense_test_ppl"] == d["test_ppl"] and flat["compressed_val_ppl"] == c["val_ppl"]
@@ -206,7 +207,7 @@ def test_peer_criteria_prune_a_language_model(llama_bundle, tmp_path, importance
     """Torch-Pruning's criteria on the LM task: Taylor's gradients come from the next-token loss over every token."""
     from idap import Recipe, compress
     from idap.bundle import load_bundle
-    from idap.metrics import count_macs
+    from idap.measure.metrics import count_macs
 
     data = load_dataset(str(write_book(tmp_path / "book.txt")), tokenizer=llama_bundle / "bundle",
                         calibration_size=16, validation_size=16)

@@ -6,8 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from idap.attention import HeadPrunableAttention
-from idap.metrics import (
+from idap.measure.metrics import (
     accuracy,
     count_macs,
     count_params,
@@ -15,6 +14,7 @@ from idap.metrics import (
     measure_throughput,
     resolve_device,
 )
+from idap.models.attention import HeadPrunableAttention
 
 
 def _conv_linear_net() -> nn.Module:

@@ -9,9 +9,9 @@ import torch_pruning as tp
 from torch import nn
 
 from idap import models
-from idap.attention import HeadPrunableAttention
 from idap.models import ModelError, create_model, list_models
-from idap.prunable import block_candidates, classifier, prune_exclusions
+from idap.models.attention import HeadPrunableAttention
+from idap.models.prunable import block_candidates, classifier, prune_exclusions
 
 MODELS = list_models()
 NUM_CLASSES = 7

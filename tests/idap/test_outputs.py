@@ -12,9 +12,9 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
-import idap.cli
+import idap.cli.commands
 from idap.bundle import save_bundle
-from idap.bundle_format import BundleError
+from idap.bundle.format import BundleError
 from idap.cli import main as idap_main
 
 RECIPE = {
@@ -51,7 +51,7 @@ def test_a_failed_rerun_leaves_the_previous_output_whole_and_a_success_leaves_no
     def broken(*a, **k):
         raise BundleError("simulated ONNX export failure")
 
-    monkeypatch.setattr(idap.cli, "export_onnx", broken)
+    monkeypatch.setattr(idap.cli.commands, "export_onnx", broken)
     assert idap_main([*setup, "--out", str(out), "--set", "seed=1"]) == 2
     assert _files(out) == before  # the previous result, whole
     monkeypatch.undo()

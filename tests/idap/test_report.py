@@ -1,15 +1,15 @@
-"""idap.report: the target verdict and what stopped each stage, ONNX Runtime timings beside PyTorch's,
+"""idap.report.evaluate: the target verdict and what stopped each stage, ONNX Runtime timings beside PyTorch's,
 the console summary and the Markdown report."""
 
 import pytest
 import torch
 
-from idap.config import Recipe
+from idap.bundle.onnx_export import export_onnx
+from idap.measure.speed import measure_speed
 from idap.models import create_model
-from idap.onnx_export import export_onnx
+from idap.prune.config import Recipe
 from idap.report import build_report, stopping_limits
-from idap.report_files import render_markdown, summary_lines
-from idap.speed import measure_speed
+from idap.report.files import render_markdown, summary_lines
 
 DENSE = {"val_acc": 90.0, "test_acc": 89.0, "params": 20_000, "macs": 100_000, "latency_ms_b1": 1.0,
          "throughput_b64": 9000.0, "ort_latency_ms_b1": 0.2, "ort_throughput_b64": 40000.0, "device": "cpu",

@@ -6,10 +6,10 @@ import copy
 import pytest
 import torch
 
-from idap.checkpoint import Checkpoint, CheckpointMismatch
-from idap.compress import compress
-from idap.config import Recipe
-from idap.state import RunState
+from idap.prune.checkpoint import Checkpoint, CheckpointMismatch
+from idap.prune.compress import compress
+from idap.prune.config import Recipe
+from idap.prune.state import RunState
 
 RECIPE = Recipe.from_dict({
     "seed": 0, "max_accuracy_drop": 60.0, "calibration_size": 64, "eval_batch_size": 256,

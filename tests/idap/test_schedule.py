@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from idap.schedule import channels_to_remove, prune_fraction
+from idap.prune.schedule import channels_to_remove, prune_fraction
 
 
 def test_schedule_values_by_hand():

@@ -5,14 +5,14 @@ import copy
 import pytest
 import torch
 
-from idap.compress import compress, filter_macs_target
-from idap.config import Recipe
-from idap.filter_stage import run_filter_stage
-from idap.layer_stage import rank_blocks, run_layer_stage
-from idap.metrics import count_macs, count_params
+from idap.measure.metrics import count_macs, count_params
 from idap.models import create_model
-from idap.recovery import augment_batch, recover, select_taps
-from idap.state import RunContext
+from idap.prune.compress import compress, filter_macs_target
+from idap.prune.config import Recipe
+from idap.prune.filter_stage import run_filter_stage
+from idap.prune.layer_stage import rank_blocks, run_layer_stage
+from idap.prune.recovery import augment_batch, recover, select_taps
+from idap.prune.state import RunContext
 
 
 def recipe(**kw):

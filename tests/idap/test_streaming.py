@@ -17,14 +17,14 @@ import pytest
 import torch
 from PIL import Image
 
-from idap.cifar10 import CIFAR10_CLASSES, cifar10_arrays, cifar10_jpeg_root, open_cifar10
 from idap.data import DataError, DataSplits, load_dataset, load_splits, save_splits
-from idap.image_folder import open_image_folder
-from idap.image_transforms import IMAGENET_MEAN, TransformConfig
-from idap.metrics import accuracy
+from idap.data.cifar10 import CIFAR10_CLASSES, cifar10_arrays, cifar10_jpeg_root, open_cifar10
+from idap.data.image_folder import open_image_folder
+from idap.data.streaming import StreamedSplits
+from idap.data.transforms import IMAGENET_MEAN, TransformConfig
+from idap.measure.metrics import accuracy
 from idap.models import create_model
-from idap.recovery import train
-from idap.streaming import StreamedSplits
+from idap.prune.recovery import train
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -183,8 +183,8 @@ def test_cifar10_jpeg_archive_extracted_into_cache():
 BOUNDED = textwrap.dedent("""
     import json, resource, sys, torch
     torch.set_num_threads(1)
-    from idap.compress import compress
-    from idap.config import Recipe
+    from idap.prune.compress import compress
+    from idap.prune.config import Recipe
     from idap.data import load_dataset
     from idap.models import create_model
     from idap.bundle import save_bundle, load_bundle

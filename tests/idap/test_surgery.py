@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from idap.metrics import count_macs, count_params
+from idap.measure.metrics import count_macs, count_params
 from idap.models import create_model
-from idap.prunable import block_candidates
-from idap.surgery import (
+from idap.models.prunable import block_candidates
+from idap.prune.surgery import (
     SurgeryError,
     channel_floor,
     channel_groups,
@@ -79,7 +79,7 @@ def test_channel_floor(original, expected):
 
 
 def test_macs_per_channel_counts_both_sides_of_a_cut():
-    from idap.metrics import layer_macs
+    from idap.measure.metrics import layer_macs
 
     model = create_model("resnet20", 10, 1, 28)
     per_layer = layer_macs(model, (1, 28, 28))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from idap.data import DataError
-from idap.text import check_tokenizer, encode, load_text_file, load_text_folder, read_text_folder
+from idap.data.text import check_tokenizer, encode, load_text_file, load_text_folder, read_text_folder
 from tests.idap.text_fixtures import write_corpus
 
 tokenizers = pytest.importorskip("tokenizers")

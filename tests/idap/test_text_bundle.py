@@ -7,14 +7,14 @@ import json
 import pytest
 import torch
 
-from idap.bundle import load_bundle, read_input_spec, save_bundle
-from idap.bundle_format import BundleError
+from idap.bundle import load_bundle, save_bundle
+from idap.bundle.format import BundleError, read_input_spec
 from idap.cli import main
 from idap.data import DataError, load_dataset, load_splits, save_splits
-from idap.lm import TextModelError
+from idap.dense.text_models import import_hf_model
 from idap.models import create_model, list_models
-from idap.surgery import channel_groups, dependency_graph, prune_channels, prune_heads, remove_block
-from idap.text_models import import_hf_model
+from idap.models.lm import TextModelError
+from idap.prune.surgery import channel_groups, dependency_graph, prune_channels, prune_heads, remove_block
 
 from .text_fixtures import WORDS, hf_bert_dir, hf_llama_dir, text_spec, tiny_recipe, write_corpus
 
@@ -136,7 +136,7 @@ def test_idap_import_and_compress_on_a_text_bundle(bert_bundle, tmp_path, capsys
 
 
 def test_taylor_scores_heads_by_gradient_times_weight():
-    from idap.importance import ScoringContext, create_importance
+    from idap.prune.importance import ScoringContext, create_importance
 
     torch.manual_seed(0)
     model = create_model("bert_classifier", 3, 1, L, vocab_size=VOCAB, hidden=32, layers=2, heads=4, ffn=48).eval()
@@ -158,8 +158,8 @@ def test_taylor_scores_heads_by_gradient_times_weight():
 
 
 def test_a_pruned_idap_text_directory_imports_with_its_shapes_and_head(tmp_path):
-    from idap.lm import BertClassifier, BertShape
-    from idap.text_models import save_text_model
+    from idap.dense.text_models import save_text_model
+    from idap.models.lm import BertClassifier, BertShape
 
     torch.manual_seed(0)
     model = BertClassifier(BertShape(vocab_size=VOCAB, hidden=32, layers=3, heads=4, ffn=48, max_positions=32), 3).eval()
@@ -179,7 +179,8 @@ def test_a_pruned_idap_text_directory_imports_with_its_shapes_and_head(tmp_path)
 
 
 def test_a_pruned_text_bundle_exports_as_a_hugging_face_directory_whole_or_not_at_all(tmp_path, bert_bundle, capsys):
-    from idap.text_models import load_text_model, to_hf
+    from idap.dense.hf_export import to_hf
+    from idap.dense.text_models import load_text_model
 
     root, _ = bert_bundle
     model = load_bundle(root / "bundle")

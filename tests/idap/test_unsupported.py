@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from idap.compress import compress
-from idap.config import Recipe
-from idap.metrics import count_macs, uncounted_modules
+from idap.measure.metrics import count_macs, uncounted_modules
 from idap.models import create_model, register_model
+from idap.prune.compress import compress
+from idap.prune.config import Recipe
 
 
 class _Recurrent(nn.Module):

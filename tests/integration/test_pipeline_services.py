@@ -14,7 +14,8 @@ import pytest
 import torch
 import yaml
 
-from idap.bundle import load_bundle, read_input_spec
+from idap.bundle import load_bundle
+from idap.bundle.format import read_input_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -37,7 +38,7 @@ print(json.dumps(np.asarray(model.predict(x)).tolist()))
 def test_compress_pipeline_against_postgres_mlflow_and_s3(service_env, moto_s3, tmp_path):
     from sklearn.datasets import load_digits
 
-    from components import _storage
+    from components.services import storage
 
     # the dataset lives on S3: the pipeline's first step downloads (and integrity-checks) it
     digits = load_digits()
@@ -45,7 +46,7 @@ def test_compress_pipeline_against_postgres_mlflow_and_s3(service_env, moto_s3, 
     np.savez(local, x=digits.images.astype(np.float32), y=digits.target)
     env = {**service_env, **moto_s3.env, "OMP_NUM_THREADS": "1"}
     os.environ.update(moto_s3.env)
-    uri = _storage.upload(local, f"s3://{moto_s3.bucket}/datasets/digits.npz")
+    uri = storage.upload(local, f"s3://{moto_s3.bucket}/datasets/digits.npz")
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(RECIPE))
 
     proc = subprocess.run(
@@ -64,7 +65,7 @@ def test_compress_pipeline_against_postgres_mlflow_and_s3(service_env, moto_s3, 
     assert champion.tags["idap.pipeline_run_id"]
     assert client.get_run(champion.tags["idap.pipeline_run_id"]).info.status == "FINISHED"
     # the artifacts went to S3 through the server
-    keys = [o["Key"] for o in _storage._client().list_objects_v2(Bucket=moto_s3.bucket).get("Contents", [])]
+    keys = [o["Key"] for o in storage._client().list_objects_v2(Bucket=moto_s3.bucket).get("Contents", [])]
     assert any(k.startswith("mlflow/") and k.endswith("weights.safetensors") for k in keys)
 
     # the served model takes raw pixels and normalises inside with the statistics its bundle records

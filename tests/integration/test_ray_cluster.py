@@ -219,26 +219,26 @@ def _trial_runs(tracking_uri: str, parent_run_id: str):
 
 # ---- a dead address: no cluster needed ------------------------------------------------------------------------
 def test_a_dead_address_fails_in_seconds_naming_it(monkeypatch):
-    from components import _ray_connect, _ray_job
-    from components._search_space import SearchSpace
-    from idap.config import Recipe
+    from components.services import ray_connect, ray_job
+    from components.services.search_space import SearchSpace
+    from idap.prune.config import Recipe
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     port = free_port()  # nothing listens there
     for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
         t0 = time.monotonic()
-        with pytest.raises(_ray_connect.SearchError, match=f"cannot reach the Ray cluster at '{address}'.*port-forward"):
-            _ray_connect.start_ray(address)
+        with pytest.raises(ray_connect.SearchError, match=f"cannot reach the Ray cluster at '{address}'.*port-forward"):
+            ray_connect.start_ray(address)
         assert time.monotonic() - t0 < 5
     t0 = time.monotonic()
-    with pytest.raises(_ray_connect.SearchError, match=f"127.0.0.1:{port}.*refused"):
-        _ray_job.submit_search(f"http://127.0.0.1:{port}", data="unused", dense="unused", base=Recipe.from_dict(TINY),
+    with pytest.raises(ray_connect.SearchError, match=f"127.0.0.1:{port}.*refused"):
+        ray_job.submit_search(f"http://127.0.0.1:{port}", data="unused", dense="unused", base=Recipe.from_dict(TINY),
                                space=SearchSpace.from_dict(SPACE), out_dir="unused")
     assert time.monotonic() - t0 < 5
-    with pytest.raises(_ray_connect.SearchError, match="dashboard, http://host:8265"):
-        _ray_job.dashboard_url(f"127.0.0.1:{port}")
-    with pytest.raises(_ray_connect.SearchError, match="unknown scheme 'grpc'"):
-        _ray_connect.probe("grpc://127.0.0.1:1")
+    with pytest.raises(ray_connect.SearchError, match="dashboard, http://host:8265"):
+        ray_job.dashboard_url(f"127.0.0.1:{port}")
+    with pytest.raises(ray_connect.SearchError, match="unknown scheme 'grpc'"):
+        ray_connect.probe("grpc://127.0.0.1:1")
 
 
 def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monkeypatch):
@@ -247,11 +247,11 @@ def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monk
     connection (at most CLIENT_ATTEMPTS in all, then a clear error); a refused init is never retried."""
     import ray
 
-    from components import _ray_connect
+    from components.services import ray_connect
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    monkeypatch.setattr(_ray_connect, "probe", lambda address, timeout=None: ("127.0.0.1", 1))
-    monkeypatch.setattr(_ray_connect, "CLIENT_RETRY_PAUSE_S", 0.0)
+    monkeypatch.setattr(ray_connect, "probe", lambda address, timeout=None: ("127.0.0.1", 1))
+    monkeypatch.setattr(ray_connect, "CLIENT_RETRY_PAUSE_S", 0.0)
     proxy_error = ConnectionAbortedError("Initialization failure from server: RuntimeError: Starting Ray client "
                                          "server failed. See ray_client_server_23000.err for detailed logs.")
     calls = []
@@ -266,16 +266,16 @@ def test_a_client_server_that_fails_to_start_is_retried_and_nothing_else_is(monk
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "shutdown", lambda: None)
     monkeypatch.setattr(ray, "init", init(2, proxy_error))
-    assert _ray_connect.start_ray("ray://127.0.0.1:1") is True and calls == ["ray://127.0.0.1:1"] * 3
+    assert ray_connect.start_ray("ray://127.0.0.1:1") is True and calls == ["ray://127.0.0.1:1"] * 3
     calls.clear()
     monkeypatch.setattr(ray, "init", init(9, proxy_error))
-    with pytest.raises(_ray_connect.SearchError, match=r"client server failed.*after 3 attempts.*ray_client_server_"):
-        _ray_connect.start_ray("ray://127.0.0.1:1")
-    assert len(calls) == _ray_connect.CLIENT_ATTEMPTS
+    with pytest.raises(ray_connect.SearchError, match=r"client server failed.*after 3 attempts.*ray_client_server_"):
+        ray_connect.start_ray("ray://127.0.0.1:1")
+    assert len(calls) == ray_connect.CLIENT_ATTEMPTS
     calls.clear()
     monkeypatch.setattr(ray, "init", init(9, ConnectionError("authentication failed")))
-    with pytest.raises(_ray_connect.SearchError, match="authentication failed") as raised:
-        _ray_connect.start_ray("ray://127.0.0.1:1")
+    with pytest.raises(ray_connect.SearchError, match="authentication failed") as raised:
+        ray_connect.start_ray("ray://127.0.0.1:1")
     assert len(calls) == 1 and "attempts" not in str(raised.value)
 
 
@@ -314,9 +314,9 @@ def test_the_pipeline_search_step_submits_a_ray_job_and_reads_its_results_back(c
     from kfp import dsl
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from components import _storage
     from components.prepare_data import prepare_data
     from components.search_compression import search_compression
+    from components.services import storage
     from components.train_baseline import train_baseline
 
     def artifact(cls, name):
@@ -357,23 +357,23 @@ def test_the_pipeline_search_step_submits_a_ray_job_and_reads_its_results_back(c
     assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID"} & set(carried)
     assert SECRET not in json.dumps(job.dict(), default=str) + client.get_job_logs(job.submission_id)
     prefix = job.metadata["idap.exchange"]
-    assert _storage.download(f"{prefix}/done.json", edge_env / "done.json").is_file()
+    assert storage.download(f"{prefix}/done.json", edge_env / "done.json").is_file()
 
 
 @pytest.mark.slow
 def test_a_failed_search_job_names_the_job_and_writes_nothing(cluster, edge_env, dense_dir, monkeypatch):
     """The job's MLflow URI points where the cluster cannot write: the job FAILS; the error names the job id
     and carries its last log lines; no result directory appears."""
-    from components import _ray_connect, _ray_job
-    from components._search_space import SearchSpace
-    from idap.config import Recipe
+    from components.services import ray_connect, ray_job
+    from components.services.search_space import SearchSpace
     from idap.data import load_dataset, save_splits
+    from idap.prune.config import Recipe
 
     save_splits(load_dataset("digits", seed=0, calibration_size=128, validation_size=256), edge_env / "data")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////proc/idap-no-such-dir/mlflow.db")
     out_dir = edge_env / "failed-results"
-    with pytest.raises(_ray_connect.SearchError) as caught:
-        _ray_job.submit_search(cluster.dashboard, data=edge_env / "data", dense=dense_dir,
+    with pytest.raises(ray_connect.SearchError) as caught:
+        ray_job.submit_search(cluster.dashboard, data=edge_env / "data", dense=dense_dir,
                                base=Recipe.from_dict(TINY), space=SearchSpace.from_dict(SPACE), out_dir=out_dir,
                                timeout_s=300, echo=None)
     message = str(caught.value)
@@ -386,16 +386,16 @@ def test_a_failed_search_job_names_the_job_and_writes_nothing(cluster, edge_env,
 def test_a_job_past_its_timeout_is_stopped(cluster):
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    from components import _ray_connect, _ray_job
+    from components.services import ray_connect, ray_job
 
     client = JobSubmissionClient(cluster.dashboard)
     job_id = client.submit_job(entrypoint="python -c \"import time; print('still going', flush=True); "
                                "time.sleep(300)\"")
-    with pytest.raises(_ray_connect.SearchError, match=f"Ray job {job_id} did not finish within 4 s"):
+    with pytest.raises(ray_connect.SearchError, match=f"Ray job {job_id} did not finish within 4 s"):
         try:
-            _ray_job.wait_for_job(client, job_id, timeout_s=4, poll_s=0.5)
-        except _ray_connect.SearchError:
-            _ray_job._stop(client, job_id)
+            ray_job.wait_for_job(client, job_id, timeout_s=4, poll_s=0.5)
+        except ray_connect.SearchError:
+            ray_job._stop(client, job_id)
             raise
     deadline = time.monotonic() + 30
     while client.get_job_status(job_id) != JobStatus.STOPPED and time.monotonic() < deadline:

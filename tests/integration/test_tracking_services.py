@@ -14,13 +14,12 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from components import _registry as registry
-from components import _tracking as tracking
-from components._mlflow import TrackingError
-from components._storage import StorageError, download
+from components.services import registry, tracking
+from components.services.mlflow_backend import TrackingError
+from components.services.storage import StorageError, download
 from idap.bundle import load_bundle, save_bundle
 from idap.models import create_model
-from idap.state import StepRecord
+from idap.prune.state import StepRecord
 from tests.components.test_tracking import (  # noqa: F401
     RECIPE,
     make_report,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import pipelines.cli as cli
-from components import _mlflow, _registry
+from components.services import mlflow_backend, registry
 from pipelines.cli import load_pipeline, main, pipeline_arguments
 
 TINY = """calibration_size: 128
@@ -149,7 +149,7 @@ def test_compress_is_tracked_in_mlflow(work, capsys):
     assert main(["compress", "--model", "cnn_small", "--train-epochs", "2", "--dataset", "digits", "--recipe",
                  str(work / "tiny.yaml"), "--out", str(out_dir), "--no-latency", "--no-onnx", "--quiet"]) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    client = _mlflow.get_client(_mlflow.configure())
+    client = mlflow_backend.get_client(mlflow_backend.configure())
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["idap.step"] == "compress"
     assert run.data.params["filter.steps"] == "1" and run.data.tags["idap.dataset"] == "digits"
@@ -169,7 +169,7 @@ def test_compress_register_promotes_like_the_pipeline(work, capsys):
     assert main([*argv, "--out", str(work / "a")]) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["registration"] == {"name": "cli-digits", "version": "1", "decision": "champion", "champion": True}
-    client = _mlflow.get_client(_mlflow.configure())
+    client = mlflow_backend.get_client(mlflow_backend.configure())
     mv = client.get_model_version("cli-digits", "1")
     assert mv.tags["idap.objective"] == "accuracy" and mv.tags["idap.pipeline_run_id"] == first["mlflow_run_id"]
     assert "cnn_small trained by idap compress (1 epochs" in mv.tags["idap.base_model"]
@@ -215,7 +215,7 @@ def test_no_track_writes_no_tracking_store(work, capsys):
 # ---- promote and dispatch -----------------------------------------------------------------------
 def test_promote_prints_the_decision_as_json(work, capsys, monkeypatch):
     calls = []
-    monkeypatch.setattr(_registry, "promote", lambda name, version, force, reason: calls.append(
+    monkeypatch.setattr(registry, "promote", lambda name, version, force, reason: calls.append(
         (name, version, force, reason)) or {"name": name, "version": version, "decision": "manual"})
     assert main(["promote", "--name", "idap-cnn", "--version", "3", "--force"]) == 0
     assert json.loads(capsys.readouterr().out) == {"name": "idap-cnn", "version": "3", "decision": "manual"}
@@ -242,21 +242,21 @@ def test_console_script_is_the_edge_cli():
 
 def test_idap_stays_a_plain_library():
     """idap never imports orchestration, not even through its CLI."""
-    code = ("import idap, idap.cli, sys; "
+    code = ("import idap, idap.cli.commands, sys; "
             "bad = sorted({m.split('.')[0] for m in sys.modules} & {'kfp', 'mlflow', 'ray', 'boto3', 'components', "
             "'pipelines'}); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_compress_reads_an_s3_model_dir_through_storage(work, capsys, monkeypatch):
-    from components import _storage
+    from components.services import storage
     from idap.bundle import save_bundle
     from idap.models import create_model
 
     torch.manual_seed(0)
     local = save_bundle(create_model("cnn_small", 10, 1, 8), work / "cache" / "dense", input_shape=(1, 8, 8))
     asked = []
-    monkeypatch.setattr(_storage, "resolve_input", lambda uri, workdir: asked.append(uri) or local)
+    monkeypatch.setattr(storage, "resolve_input", lambda uri, workdir: asked.append(uri) or local)
     assert main(["compress", "--model-dir", "s3://models/cnn/dense", "--dataset", "digits", "--recipe",
                  str(work / "tiny.yaml"), "--out", str(work / "out"), "--no-latency", "--no-onnx", "--quiet",
                  "--no-track"]) == 0
@@ -267,7 +267,7 @@ def test_compress_reads_an_s3_model_dir_through_storage(work, capsys, monkeypatc
 def test_recipes_load_and_default_is_the_library_default():
     from pathlib import Path
 
-    from idap.config import Recipe
+    from idap.prune.config import Recipe
 
     recipes = Path(__file__).resolve().parents[2] / "recipes"
     assert Recipe.from_yaml(recipes / "default.yaml") == Recipe()

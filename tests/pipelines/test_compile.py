@@ -7,7 +7,7 @@ import sys
 import pytest
 import yaml
 
-from components._artifacts import component_image
+from components.services.artifacts import component_image
 from pipelines.cli import PIPELINES, load_pipeline, main
 
 COMPRESS_ORDER = ["prepare-data", "train-baseline", "score-divergence", "prune-filters", "prune-layers", "finetune",

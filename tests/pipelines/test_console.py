@@ -28,7 +28,7 @@ FAILING = """\
 09:20:00.000 - INFO - Executing task \x1b[96m'score-divergence'\x1b[0m
     Traceback (most recent call last):
       File "ephemeral_component.py", line 19, in score_divergence
-    ModuleNotFoundError: No module named 'idap.checkpoint'
+    ModuleNotFoundError: No module named 'idap.prune.checkpoint'
 09:20:01.000 - ERROR - Task \x1b[96m'score-divergence'\x1b[0m finished with status \x1b[91mFAILURE\x1b[0m
 """
 
@@ -59,7 +59,7 @@ def test_one_line_per_step_and_everything_in_the_log(tmp_path):
 def test_a_failing_step_shows_its_last_lines(tmp_path):
     screen, log, console = run_console(tmp_path, FAILING)
     assert screen.splitlines()[0].startswith("[1/8] score-divergence  FAILURE")
-    assert "    | ModuleNotFoundError: No module named 'idap.checkpoint'" in screen
+    assert "    | ModuleNotFoundError: No module named 'idap.prune.checkpoint'" in screen
     assert console.done[0]["status"] == "FAILURE"
 
 

@@ -11,10 +11,10 @@ import torch
 import torchvision
 from safetensors.torch import save_file
 
-from components._storage import upload
+from components.services.storage import upload
 from idap.bundle import load_bundle, read_bundle_info
-from idap.config import Recipe
-from idap.importing import import_model
+from idap.dense.importing import import_model
+from idap.prune.config import Recipe
 from pipelines.cli import main
 from tests.integration.services import create_bucket, use_s3
 
@@ -47,7 +47,7 @@ def registry(tmp_path, monkeypatch):
 
 
 def test_registered_version_imports_by_version_and_alias(source, registry, monkeypatch, capsys):
-    from components._registry import register_and_promote
+    from components.services.registry import register_and_promote
 
     model, root = source
     figures = {"val_acc": 50.0, "test_acc": 50.0, "params": 1, "macs": 1, "latency_ms_b1": None}

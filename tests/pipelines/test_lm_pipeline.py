@@ -11,8 +11,8 @@ import torch
 
 from idap.bundle import load_bundle
 from idap.data import load_splits
-from idap.lm_task import mean_token_ce
-from idap.text_models import import_hf_model
+from idap.dense.text_models import import_hf_model
+from idap.measure.tokens import mean_token_ce
 from tests.idap.test_lm_task import write_book
 from tests.idap.text_fixtures import hf_llama_dir
 from tests.pipelines.text_runs import run_compress

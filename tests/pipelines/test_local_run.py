@@ -12,11 +12,11 @@ import pytest
 import torch
 import yaml
 
-from components._artifacts import read_json
-from idap.baseline import train_dense
+from components.services.artifacts import read_json
 from idap.bundle import load_bundle
 from idap.cli import CompressOptions, build_parser, run_compress
 from idap.data import load_splits
+from idap.dense.baseline import train_dense
 
 pytestmark = pytest.mark.slow
 

@@ -15,10 +15,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from components._sources import resolve_dataset
-from components._storage import upload
+from components.services.sources import resolve_dataset
+from components.services.storage import upload
 from idap.data import load_dataset, load_splits
-from idap.streaming import StreamedSplits
+from idap.data.streaming import StreamedSplits
 from tests.integration.services import create_bucket, start_moto
 
 BUCKET = "idap-images"

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPRESS_STEPS = ["prepare-data", "train-baseline", "score-divergence", "prune-filters", "prune-layers", "finetune",
                   "evaluate", "register-model"]
 GPU_STEPS = {"train-baseline", "prune-filters", "prune-layers", "finetune"}
-# what components/_settings.py, boto3 and MLflow read
+# what components/services/settings.py, boto3 and MLflow read
 STEP_ENV = {"MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "AWS_ENDPOINT_URL",
             "AWS_DEFAULT_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "IDAP_BUCKET"}
 

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from idap.bundle import load_bundle, read_input_spec
+from idap.bundle import load_bundle
+from idap.bundle.format import read_input_spec
 from idap.data import load_splits
-from idap.text_models import import_hf_model
+from idap.dense.text_models import import_hf_model
 from tests.idap.text_fixtures import hf_bert_dir, text_spec, write_corpus
 from tests.pipelines.text_runs import run_compress
 

@@ -11,8 +11,8 @@ import sys
 import pytest
 import yaml
 
-from components._artifacts import read_json
-from components._search_space import DEFAULT_SPACE, SearchSpace
+from components.services.artifacts import read_json
+from components.services.search_space import DEFAULT_SPACE, SearchSpace
 from pipelines.cli import PIPELINES, main
 
 pytestmark = pytest.mark.slow

@@ -1,0 +1,78 @@
+"""What the ``idap`` commands share: console output, the data and recipe flags, loading the data they name."""
+
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from idap.bundle.format import BundleError
+from idap.data.sources import list_datasets, load_dataset
+from idap.data.splits import DataError
+from idap.models.registry import ModelError
+from idap.prune.config import ConfigError, Recipe
+from idap.prune.state import StepRecord
+from idap.prune.surgery import SurgeryError
+
+USER_ERRORS = (ConfigError, DataError, ModelError, BundleError, SurgeryError, FileNotFoundError, ValueError)
+# what marks a directory as an earlier idap output that a new run may replace whole
+_OUTPUT_MARKERS = ("report.json", "model", "architecture.json", "metrics.json")
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def print_step(step: StepRecord) -> None:
+    """Default progress line for a trajectory step."""
+    what = step.removed.get("block") or ", ".join(
+        f"{sum(v.values())} {k}" for k, v in step.removed.items() if isinstance(v, dict) and v) or ""
+    log(f"[{step.stage} {step.index}] {step.action:<12} params={step.params:,} MACs={step.macs:,} "
+        f"val={step.val_acc:.2f}% {what} {step.note} ({step.seconds:.1f}s)".rstrip())
+
+
+# ---- arguments ---------------------------------------------------------------------------------
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True, help=f"one of {list_datasets()}, an ImageFolder dir or an .npz file")
+    p.add_argument("--data-root", default=None, help="where datasets live (default: $IDAP_DATA_ROOT or ./data)")
+    p.add_argument("--train-limit", type=int, default=None, help="subsample the training split (quick runs)")
+    p.add_argument("--test-limit", type=int, default=None, help="subsample the test split (quick runs)")
+
+
+def add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="YAML recipe (see recipes/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
+                   help="override a recipe field, e.g. --set filter.steps=10 (repeatable)")
+    p.add_argument("--max-accuracy-drop", type=float, default=None, help="budget Δ in percentage points")
+    p.add_argument("--target-macs-reduction", type=float, default=None, help="e.g. 2 = stop at 2x fewer MACs")
+    p.add_argument("--target-params-reduction", type=float, default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None)
+
+
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
+    recipe = Recipe.from_yaml(args.recipe) if args.recipe else Recipe()
+    flags = {"max_accuracy_drop": args.max_accuracy_drop, "target_macs_reduction": args.target_macs_reduction,
+             "target_params_reduction": args.target_params_reduction, "seed": args.seed, "device": args.device}
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if overrides:
+        recipe = recipe.with_overrides(overrides)
+    return recipe.with_overrides(args.overrides) if args.overrides else recipe
+
+
+def load_data_for(args: argparse.Namespace, recipe: Recipe | None = None, seed: int = 0):
+    return load_data(args.dataset, root=args.data_root, train_limit=args.train_limit, test_limit=args.test_limit,
+                     recipe=recipe, seed=seed, tokenizer=getattr(args, "model_dir", None))
+
+
+def load_data(dataset: str, *, root: str | None = None, train_limit: int | None = None,
+              test_limit: int | None = None, recipe: Recipe | None = None, seed: int = 0, tokenizer=None):
+    """The dataset split as ``recipe`` asks (its seed, calibration and validation sizes), else with ``seed``.
+
+    ``tokenizer``: the bundle being compressed or evaluated; a text folder is tokenized with its tokenizer."""
+    kw = {}
+    if recipe is not None:
+        kw = {"calibration_size": recipe.calibration_size, "validation_size": recipe.validation_size}
+        seed = recipe.seed
+    return load_dataset(dataset, root=root, seed=seed, train_limit=train_limit, test_limit=test_limit,
+                        tokenizer=tokenizer, **kw)
