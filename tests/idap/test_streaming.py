@@ -95,7 +95,8 @@ def test_resolution_normalization_and_augmentation(folder):
         open_image_folder(folder, normalization="bogus", workers=0)
 
 
-def test_consumers_take_a_streamed_split(folder):
+@pytest.mark.outcome
+def test_consumers_take_a_streamed_split(folder, margin):
     data = open_image_folder(folder, calibration_size=8, validation_size=24, workers=2)
     torch.manual_seed(0)
     model = create_model("cnn_small", 3, 3, 12)
@@ -109,7 +110,7 @@ def test_consumers_take_a_streamed_split(folder):
         train(m, data.train_x, data.train_y, epochs=3, batch_size=16, lr=0.05, seed=0, device=torch.device("cpu"))
         weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     assert torch.equal(weights[0], weights[1])
-    assert accuracy(m, data.val_x, data.val_y) > 60.0  # 3 classes: chance is 33 %
+    assert margin("trained val acc, above", accuracy(m, data.val_x, data.val_y), 60.0) > 60.0  # 3 classes: chance is 33 %
 
 
 def test_spec_file_streams_or_decodes(folder, tmp_path):
