@@ -228,12 +228,14 @@ def test_compress_prunes_heads_neurons_and_layers_of_a_tiny_encoder(tmp_path, ma
 
     data = load_text_folder(write_corpus(tmp_path / "c", per_class=40), word_tokenizer(), max_length=16,
                             calibration_size=16, validation_size=24, vocab_size=len(WORDS), pad_id=0)
-    torch.manual_seed(0)
+    from tests.conftest import base_seed
+
+    torch.manual_seed(base_seed())
     cfg = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=32)
     model = bert_from_hf(transformers.BertModel(cfg, add_pooling_layer=False), 3)
     recover(model, None, data.train_x, data.train_y, steps=60, config=RecoveryConfig(batch_size=16, lr=3e-3, augment=False),
-            seed=0, device=torch.device("cpu"))
+            seed=base_seed(), device=torch.device("cpu"))
     recipe = Recipe(max_accuracy_drop=10.0, target_macs_reduction=1.6, calibration_size=16, eval_batch_size=32, device="cpu",
                     filter=FilterStageConfig(steps=4, p0=0.2, min_channels=2),
                     layer=LayerStageConfig(max_removals=1, epsilon=10.0, target_share=0.5),

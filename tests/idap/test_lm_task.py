@@ -14,6 +14,7 @@ from idap.data import DataError, load_dataset, load_splits, save_splits
 from idap.lm_task import LMSplits, mean_token_ce, token_loss, token_windows
 from idap.metrics import accuracy
 from idap.recovery import recover
+from tests.conftest import base_seed
 
 from .text_fixtures import WORDS, hf_llama_dir, tiny_recipe, word_tokenizer
 
@@ -126,7 +127,7 @@ def test_recovery_lowers_token_cross_entropy(llama_bundle, tmp_path, margin):
     student, teacher = load_bundle(llama_bundle / "bundle"), load_bundle(llama_bundle / "bundle")
     before = mean_token_ce(student, data.val_x, data.val_y)
     cfg = RecoveryConfig(lr=3e-3, batch_size=16, augment=False, lambda_kd=0.5, lambda_feat=0.1)
-    stats = recover(student, teacher, data.train_x, data.train_y, steps=30, config=cfg, seed=0,
+    stats = recover(student, teacher, data.train_x, data.train_y, steps=30, config=cfg, seed=base_seed(),
                     device=torch.device("cpu"))
     after = mean_token_ce(student, data.val_x, data.val_y)
     assert stats.taps and math.isfinite(stats.final_loss)  # feature taps on the FFN activations, as for BERT

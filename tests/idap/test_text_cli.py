@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from idap.cli import main
+from tests.conftest import base_seed
 from tests.idap.test_text import WORDS, word_tokenizer, write_corpus
 
 transformers = pytest.importorskip("transformers")
@@ -14,7 +15,7 @@ transformers = pytest.importorskip("transformers")
 
 @pytest.fixture
 def hf_dir(tmp_path):
-    torch.manual_seed(0)
+    torch.manual_seed(base_seed())
     cfg = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=32)
     transformers.BertModel(cfg).save_pretrained(tmp_path / "hf")
