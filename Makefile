@@ -15,7 +15,7 @@ export DO_NOT_TRACK = true
 export RAY_USAGE_STATS_ENABLED = 0
 
 .DEFAULT_GOAL := help
-.PHONY: help setup data demo test test-fast lint compile bench-smoke clean distclean
+.PHONY: help setup data demo test test-fast test-robust lint compile bench-smoke clean distclean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-12s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -42,10 +42,20 @@ demo: setup data ## Run the compression pipeline locally on Fashion-MNIST
 	$(DEMO_CMD)
 
 test: setup data ## Run the whole test suite, slow and integration tests included
-	$(PYTEST)
+	$(PYTEST) --durations=10
 
 test-fast: setup ## Run the unit tests only (not slow, not integration)
 	$(PYTEST) -m "not slow and not integration"
+
+# The outcome tests (tests/README.md) under other float paths: thread counts, seeds, oneDNN off. Each run
+# prints its "outcome margins"; the target fails if any run fails.
+ROBUST_RUNS = "IDAP_TEST_THREADS=2" "IDAP_TEST_SEED=1" "IDAP_TEST_MKLDNN=0 IDAP_TEST_THREADS=1" \
+	"IDAP_TEST_SEED=2 IDAP_TEST_THREADS=2"
+
+test-robust: setup ## Rerun the outcome-dependent tests under 4 perturbations (threads, seed, oneDNN off)
+	@failed=0; for vars in $(ROBUST_RUNS); do echo "== test-robust: $$vars"; \
+		env $$vars $(PYTEST) -m outcome -p no:cacheprovider || failed=1; done; \
+	test $$failed = 0 || { echo "test-robust: a perturbed run failed (above)"; exit 1; }
 
 lint: setup ## Lint with ruff
 	$(BIN)/ruff check .

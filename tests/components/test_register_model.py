@@ -1,10 +1,15 @@
 """register_model: a registered version with lineage, the promotion decision, the parent run closed."""
 
+import pytest
+
 from components.services.artifacts import read_json, recipe_from_json
 
 
-def test_version_registered_and_first_one_is_champion(chain, mlflow_client):
+@pytest.mark.outcome
+def test_version_registered_and_first_one_is_champion(chain, mlflow_client, margin):
     reg = chain.out["registration"]
+    drop = read_json(chain.out["report_json"].path)["ratios"]["val_acc_drop_pp"]
+    margin("final val acc drop (pp), within the 5 pp budget a champion needs", drop, 5.0, above=False)
     assert reg["name"] == "idap-cnn_small-digits"
     mv = mlflow_client.get_model_version(reg["name"], reg["version"])
     assert reg["decision"] == "champion" and "champion" in mv.aliases

@@ -2,6 +2,7 @@
 
 import copy
 
+import pytest
 import torch
 
 from idap.prune.config import Recipe
@@ -73,6 +74,7 @@ def _sized_accuracy(ctx, dense, tolerated):
     ctx.evaluate = evaluate
 
 
+@pytest.mark.outcome
 def test_a_rolled_back_step_is_retried_at_half_the_size(digits, trained_resnet20):
     def run(retries, tolerated):
         r = recipe(p0=0.5, steps=2, rollback_retries=retries, round_to=1).with_overrides(["max_accuracy_drop=3.0"])

@@ -204,7 +204,8 @@ def test_efficientnet_lite0_prunes_as_convs(tmp_path):
 
 
 @pytest.mark.slow
-def test_import_fine_tune_then_compress_streamed(tmp_path):
+@pytest.mark.outcome
+def test_import_fine_tune_then_compress_streamed(tmp_path, margin):
     """The bring-your-own path end to end on a streamed image folder: import with a new head, fine-tune,
     compress with the idap CLI (the dataset named by a spec file, never held in memory)."""
     from tests.idap.test_streaming import make_folder
@@ -212,15 +213,16 @@ def test_import_fine_tune_then_compress_streamed(tmp_path):
     make_folder(tmp_path / "imgs", per_class=60, size=16)
     spec = tmp_path / "spec.yaml"
     spec.write_text(f"source: {tmp_path / 'imgs'}\nresolution: 16\nworkers: 1\nnormalization: imagenet\n")
+    from tests.conftest import base_seed
     from tests.idap.factories import tiny_net
 
-    torch.manual_seed(0)
+    torch.manual_seed(base_seed())
     save_file(tiny_net(5, 3, 16, width=16).state_dict(), str(tmp_path / "w.safetensors"))
     assert main(["import", "--model", "tests.idap.factories:tiny_net", "--option", "width=16", "--weights",
                  str(tmp_path / "w.safetensors"), "--num-classes", "3", "--image-size", "16", "--fine-tune", str(spec),
                  "--epochs", "3", "--lr", "0.05", "--validation-size", "30", "--calibration-size", "32", "--quiet", "--out", str(tmp_path / "ft")]) == 0
     info = read_bundle_info(tmp_path / "ft")
-    assert info["metadata"]["fine_tune"]["val_acc"] > 60.0  # 3 classes: chance is 33 %
+    assert margin("fine-tuned val acc, above", info["metadata"]["fine_tune"]["val_acc"], 60.0) > 60.0  # 3 classes: chance is 33 %
     assert info["architecture"]["num_classes"] == 3
     rc = main(["compress", "--model-dir", str(tmp_path / "ft"), "--dataset", str(spec), "--max-accuracy-drop", "10",
                "--set", "calibration_size=32", "--set", "validation_size=30", "--set", "filter.steps=2",
@@ -228,7 +230,9 @@ def test_import_fine_tune_then_compress_streamed(tmp_path):
                "--set", "recovery.batch_size=16", "--no-latency", "--no-onnx", "--quiet", "--out", str(tmp_path / "c")])
     assert rc == 0
     report = json.loads((tmp_path / "c" / "report.json").read_text())
-    assert report["ratios"]["macs_reduction"] > 1.0
+    drops = [report["trajectory"][0]["val_acc"] - s["val_acc"] for s in report["trajectory"] if s["stage"] == "filter"]
+    margin("smallest drop of a filter step (pp), budget 10", min(drops), 10.0, above=False)
+    assert margin("MACs reduction, above", report["ratios"]["macs_reduction"], 1.0) > 1.0
     assert report["dataset"]["streamed"] is True
 
 

@@ -218,7 +218,8 @@ def test_perplexity_of_a_model_that_predicts_its_text_is_low(hf_llama):
 
 
 @pytest.mark.slow
-def test_compress_prunes_heads_neurons_and_layers_of_a_tiny_encoder(tmp_path):
+@pytest.mark.outcome
+def test_compress_prunes_heads_neurons_and_layers_of_a_tiny_encoder(tmp_path, margin):
     from idap import Recipe, compress
     from idap.data.text import load_text_folder
     from idap.prune.config import FilterStageConfig, LayerStageConfig, RecoveryConfig
@@ -227,12 +228,14 @@ def test_compress_prunes_heads_neurons_and_layers_of_a_tiny_encoder(tmp_path):
 
     data = load_text_folder(write_corpus(tmp_path / "c", per_class=40), word_tokenizer(), max_length=16,
                             calibration_size=16, validation_size=24, vocab_size=len(WORDS), pad_id=0)
-    torch.manual_seed(0)
+    from tests.conftest import base_seed
+
+    torch.manual_seed(base_seed())
     cfg = transformers.BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
                                   intermediate_size=64, max_position_embeddings=32)
     model = bert_from_hf(transformers.BertModel(cfg, add_pooling_layer=False), 3)
     recover(model, None, data.train_x, data.train_y, steps=60, config=RecoveryConfig(batch_size=16, lr=3e-3, augment=False),
-            seed=0, device=torch.device("cpu"))
+            seed=base_seed(), device=torch.device("cpu"))
     recipe = Recipe(max_accuracy_drop=10.0, target_macs_reduction=1.6, calibration_size=16, eval_batch_size=32, device="cpu",
                     filter=FilterStageConfig(steps=4, p0=0.2, min_channels=2),
                     layer=LayerStageConfig(max_removals=1, epsilon=10.0, target_share=0.5),
@@ -241,7 +244,9 @@ def test_compress_prunes_heads_neurons_and_layers_of_a_tiny_encoder(tmp_path):
     result = compress(model, data, recipe)
     actions = [(s.stage, s.action) for s in result.steps]
     assert ("filter", "prune") in actions and actions[-1] == ("finetune", "finetune")
-    assert result.steps[0].macs / result.steps[-1].macs >= 1.6
+    drops = [result.steps[0].val_acc - s.val_acc for s in result.steps if s.stage in ("filter", "layer")]
+    margin("largest drop of a step (pp), budget 10", max(drops), 10.0, above=False)
+    assert margin("MACs reduction, at least", result.steps[0].macs / result.steps[-1].macs, 1.6) >= 1.6
     pruned = result.model
     shapes = layer_shapes(pruned)
     assert any(s is None or s["heads"] < 4 for s in shapes) and any(s is None or s["ffn"] < 64 for s in shapes)

@@ -27,11 +27,13 @@ def recipe(**kw):
     return Recipe.from_dict(base)
 
 
-def test_filter_stage_rolls_back_the_step_that_breaks_the_budget(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_filter_stage_rolls_back_the_step_that_breaks_the_budget(digits, trained_resnet20, margin):
     r = recipe(max_accuracy_drop=0.0, filter={"p0": 0.9, "steps": 2}, recovery={"step_budget": 0})
     model = copy.deepcopy(trained_resnet20)
     ctx = RunContext.create(copy.deepcopy(model), digits, r, dense_val_acc=100.0)  # any accuracy < 100 breaks Δ=0
     out, steps = run_filter_stage(model, ctx)
+    margin("val acc after the 0.9 step, below 100", steps[0].val_acc, 100.0, above=False)
     assert [s.action for s in steps] == ["rollback"]
     assert not steps[0].accepted and "rolled back" in steps[0].note
     assert count_params(out) == count_params(trained_resnet20)  # the last model within budget: the input
@@ -51,17 +53,21 @@ def test_filter_stage_keeps_steps_within_budget_and_respects_floors(digits, trai
     assert min(c.out_channels for c in convs) >= 8  # per-layer floor max(8, 10%)
 
 
-def test_filter_stage_stops_at_the_macs_target_without_overshooting_much(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_filter_stage_stops_at_the_macs_target_without_overshooting_much(digits, trained_resnet20, margin):
     r = recipe(max_accuracy_drop=100.0, target_macs_reduction=1.5, filter={"p0": 0.6, "steps": 4})
     dense = copy.deepcopy(trained_resnet20)
     ctx = RunContext.create(dense, digits, r)
     out, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
     reduction = count_macs(dense, (1, 8, 8)) / count_macs(out, (1, 8, 8))
+    margin("MACs reduction, at least", reduction, 1.5)
+    margin("MACs reduction, below", reduction, 1.5 * 1.25, above=False)
     assert 1.5 <= reduction < 1.5 * 1.25  # the step was capped: a 0.6 step alone would overshoot far more
     assert steps[-1].action in ("prune", "stop")
 
 
-def test_layer_stage_accepts_within_epsilon_and_reverts_otherwise(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_layer_stage_accepts_within_epsilon_and_reverts_otherwise(digits, trained_resnet20, margin):
     ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits,
                             recipe(max_accuracy_drop=100.0, layer={"epsilon": 100.0, "max_removals": 2}))
     ranked = rank_blocks(trained_resnet20, ctx)
@@ -75,6 +81,7 @@ def test_layer_stage_accepts_within_epsilon_and_reverts_otherwise(digits, traine
                                recipe(max_accuracy_drop=0.0, layer={"epsilon": 0.0, "max_removals": 2, "patience": 0}),
                                dense_val_acc=100.0)
     out2, steps2 = run_layer_stage(copy.deepcopy(trained_resnet20), strict)
+    margin("best val acc without a block, below 100", max(s.val_acc for s in steps2), 100.0, above=False)
     assert steps2 and all(s.action == "revert_block" and not s.accepted for s in steps2)
     assert count_params(out2) == count_params(trained_resnet20)
     assert not any(isinstance(m, torch.nn.Identity) for m in out2.modules())
@@ -138,12 +145,15 @@ def test_filter_share_of_target():
     assert filter_macs_target(recipe()) is None
 
 
-def test_blocks_never_overshoot_and_stage1_tops_up_to_the_target(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_blocks_never_overshoot_and_stage1_tops_up_to_the_target(digits, trained_resnet20, margin):
     # a tiny share for stage 1, big blocks: stage 2 must skip blocks that overshoot, stage 1 closes the gap
     r = recipe(max_accuracy_drop=100.0, target_macs_reduction=1.6,
                filter={"p0": 0.3, "steps": 4}, layer={"target_share": 0.9, "epsilon": 100.0, "max_removals": 7})
     result = compress(trained_resnet20, digits, r)
     reduction = count_macs(trained_resnet20, (1, 8, 8)) / count_macs(result.model, (1, 8, 8))
+    margin("MACs reduction, at least", reduction, 1.6)
+    margin("MACs reduction, at most", reduction, 1.6 * 1.25, above=False)
     assert 1.6 <= reduction <= 1.6 * 1.25
     layer_steps = [s for s in result.steps if s.stage == "layer"]
     assert all(s.action != "remove_block" or s.macs >= result.steps[0].macs / (1.6 * 1.02) for s in layer_steps)
@@ -168,7 +178,8 @@ def test_final_reserve_keeps_a_share_of_the_total_budget_for_the_final_finetune(
     assert result.steps[-1].stage == "finetune" and result.steps[-1].recovery_steps == 12
 
 
-def test_overshoot_stop_ends_stage2_and_lets_filters_top_up(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_overshoot_stop_ends_stage2_and_lets_filters_top_up(digits, trained_resnet20, margin):
     # 1.45x: two blocks land short of it, a third would pass it by more than the landing tolerance
     r = recipe(max_accuracy_drop=100.0, target_macs_reduction=1.45, filter={"p0": 0.3, "steps": 4},
                layer={"target_share": 0.9, "epsilon": 100.0, "max_removals": 7, "overshoot": "stop"})
@@ -177,10 +188,12 @@ def test_overshoot_stop_ends_stage2_and_lets_filters_top_up(digits, trained_resn
     assert not any(s.action == "skip_block" for s in layer)
     assert layer[-1].action == "stop" and "overshoot" in layer[-1].note
     assert any("top-up" in s.note for s in result.steps if s.stage == "filter")
-    assert count_macs(trained_resnet20, (1, 8, 8)) / count_macs(result.model, (1, 8, 8)) >= 1.45
+    reduction = count_macs(trained_resnet20, (1, 8, 8)) / count_macs(result.model, (1, 8, 8))
+    assert margin("MACs reduction, at least", reduction, 1.45) >= 1.45
 
 
-def test_score_per_mac_ranking_reaches_a_macs_target_with_fewer_channels(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_score_per_mac_ranking_reaches_a_macs_target_with_fewer_channels(digits, trained_resnet20, margin):
     def removed(ranking):
         r = recipe(max_accuracy_drop=100.0, target_macs_reduction=2.0, layer={"enabled": False},
                    filter={"steps": 6, "p0": 0.3, "ranking": ranking}, recovery={"step_budget": 0})
@@ -189,15 +202,19 @@ def test_score_per_mac_ranking_reaches_a_macs_target_with_fewer_channels(digits,
         assert ctx.macs_reduction(model) >= 2.0
         return sum(sum(s.removed.get("channels", {}).values()) for s in steps)
 
-    assert removed("score_per_mac") < removed("score")
+    per_mac, plain = removed("score_per_mac"), removed("score")
+    margin("channels removed: score minus score_per_mac, above 0", plain - per_mac, 0)
+    assert per_mac < plain
 
 
-def test_stage_slack_lets_stages_spend_beyond_the_budget(digits, trained_resnet20):
+@pytest.mark.outcome
+def test_stage_slack_lets_stages_spend_beyond_the_budget(digits, trained_resnet20, margin):
     strict = recipe(max_accuracy_drop=0.0, filter={"p0": 0.9, "steps": 1}, recovery={"step_budget": 0})
     loose = recipe(max_accuracy_drop=0.0, stage_slack=100.0, filter={"p0": 0.9, "steps": 1}, recovery={"step_budget": 0})
     assert loose.stage_budget == 100.0 and strict.stage_budget == 0.0
     ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, strict, dense_val_acc=100.0)
     _, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)
+    margin("val acc after the 0.9 step, below 100", steps[0].val_acc, 100.0, above=False)
     assert steps[0].action == "rollback"
     ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, loose, dense_val_acc=100.0)
     _, steps = run_filter_stage(copy.deepcopy(trained_resnet20), ctx)

@@ -25,6 +25,7 @@ from idap.data.transforms import IMAGENET_MEAN, TransformConfig
 from idap.measure.metrics import accuracy
 from idap.models import create_model
 from idap.prune.recovery import train
+from tests.conftest import base_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARED_CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -95,7 +96,8 @@ def test_resolution_normalization_and_augmentation(folder):
         open_image_folder(folder, normalization="bogus", workers=0)
 
 
-def test_consumers_take_a_streamed_split(folder):
+@pytest.mark.outcome
+def test_consumers_take_a_streamed_split(folder, margin):
     data = open_image_folder(folder, calibration_size=8, validation_size=24, workers=2)
     torch.manual_seed(0)
     model = create_model("cnn_small", 3, 3, 12)
@@ -104,12 +106,12 @@ def test_consumers_take_a_streamed_split(folder):
     # Training from the stream (2 DataLoader workers, seeded augmentation) learns and is reproducible.
     weights = []
     for _ in range(2):
-        torch.manual_seed(0)
+        torch.manual_seed(base_seed())
         m = create_model("cnn_small", 3, 3, 12)
-        train(m, data.train_x, data.train_y, epochs=3, batch_size=16, lr=0.05, seed=0, device=torch.device("cpu"))
+        train(m, data.train_x, data.train_y, epochs=3, batch_size=16, lr=0.05, seed=base_seed(), device=torch.device("cpu"))
         weights.append(torch.cat([p.detach().flatten() for p in m.parameters()]))
     assert torch.equal(weights[0], weights[1])
-    assert accuracy(m, data.val_x, data.val_y) > 60.0  # 3 classes: chance is 33 %
+    assert margin("trained val acc, above", accuracy(m, data.val_x, data.val_y), 60.0) > 60.0  # 3 classes: chance is 33 %
 
 
 def test_spec_file_streams_or_decodes(folder, tmp_path):
