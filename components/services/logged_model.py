@@ -19,7 +19,7 @@ from pathlib import Path
 from components.services.mlflow_backend import get_client
 from components.services.promotion import PromotionError
 
-MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+MODEL_CODE = Path(__file__).resolve().parents[1] / "mlflow_model.py"  # components/mlflow_model.py
 PARITY_ATOL = 1e-5
 # Requirements of a logged model: idap's own imports (its code travels with the model, see log_bundle_model).
 MODEL_REQUIREMENTS = ("mlflow", "torch", "torchvision", "torch-pruning", "numpy", "safetensors", "pyyaml", "tqdm")

@@ -37,7 +37,7 @@ UNSEARCHABLE = {
     "device": "trials run where Ray places them", "eval_batch_size": "it does not change the result",
 }
 SPACE_KEYS = ("description", "objective", "reduction", "budget_pp", "num_samples", "space")
-DEFAULT_SPACE = Path(__file__).resolve().parents[1] / "recipes" / "search" / "default.yaml"
+DEFAULT_SPACE = Path(__file__).resolve().parents[2] / "recipes" / "search" / "default.yaml"
 
 
 class SearchSpaceError(ConfigError):

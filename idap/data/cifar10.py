@@ -46,7 +46,7 @@ def _find_archive(root: str | os.PathLike | None) -> Path | None:
     candidates = [os.environ.get(CIFAR10_JPEG_ENV)]
     if root is not None:
         candidates += [Path(root) / "cifar10-jpeg.tar.gz"]
-    here = Path(__file__).resolve().parents[1]  # the checkout: its ../shared/datasets holds the shared copy
+    here = Path(__file__).resolve().parents[2]  # the checkout: its ../shared/datasets holds the shared copy
     candidates += [Path.cwd().parent / "shared/datasets/cifar10-jpeg.tar.gz",
                    here.parent / "shared/datasets/cifar10-jpeg.tar.gz"]
     return next((Path(c) for c in candidates if c and Path(c).is_file()), None)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from ray.tune import Callback
 
-from components.services import ray_connect, search_results, tune
+from components.services import ray_connect, search_results, tune, tune_trial
 from components.services.search_space import DEFAULT_SPACE, SearchSpace, SearchSpaceError
 from idap.prune.config import Recipe
 
@@ -117,7 +117,7 @@ def StepRecord(stage, index, action, *, params, macs, val_acc, accepted=True):  
 
 
 def test_a_trial_over_budget_scores_infeasible_and_never_wins():
-    progress = tune._Progress(dense_val_acc=90.0, dense_macs=1000, dense_params=100, budget_pp=1.0, slack_pp=1.0,
+    progress = tune_trial.TrialProgress(dense_val_acc=90.0, dense_macs=1000, dense_params=100, budget_pp=1.0, slack_pp=1.0,
                                reduction="macs", started=0.0)
     first = progress.step(StepRecord("filter", 0, "rollback", params=20, macs=100, val_acc=70.0, accepted=False))
     assert first["macs_reduction"] == 1.0 and first["val_acc"] == 90.0  # rolled back: still the dense model
@@ -126,7 +126,7 @@ def test_a_trial_over_budget_scores_infeasible_and_never_wins():
     rolled = progress.step(StepRecord("filter", 1, "rollback", params=10, macs=100, val_acc=80.0, accepted=False))
     assert rolled["macs_reduction"] == 4.0  # a rolled-back step is not the model carried on
     final = progress.finish(StepRecord("finetune", 0, "finetune", params=50, macs=250, val_acc=88.5), 1.0)
-    assert final["feasible"] == 0.0 and final["score"] == tune.INFEASIBLE  # the final model: budget only
+    assert final["feasible"] == 0.0 and final["score"] == tune_trial.INFEASIBLE  # the final model: budget only
     space = SearchSpace.from_dict(SPACE)
     trials = [{"status": "complete", "feasible": False, "macs_reduction": 9.0, "val_acc": 80.0, "index": 0},
               {"status": "complete", "feasible": True, "macs_reduction": 2.0, "val_acc": 89.5, "index": 1},
