@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import warnings
 from pathlib import Path
 
 import torch
@@ -61,8 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_data_for(args, seed=args.seed)
     out = Path(args.out)
     check_output_dir(out, "idap train")  # train_dense checks the data before it trains
-    model, metrics = train_dense(args.model, data, epochs=args.epochs, seed=args.seed, device=args.device, lr=args.lr,
-                                 batch_size=args.batch_size, progress=not args.quiet)
+    with warnings.catch_warnings(record=True) as caught:  # the schedule and chance notes, as plain console lines
+        warnings.simplefilter("always", UserWarning)
+        model, metrics = train_dense(args.model, data, epochs=args.epochs, seed=args.seed, device=args.device,
+                                     lr=args.lr, batch_size=args.batch_size, progress=not args.quiet)
+    for w in caught:
+        log(f"warning: {w.message}")
     with staged_directory(out) as tmp:  # a complete bundle with its metrics, or the previous output untouched
         save_bundle(model, tmp / "bundle", input_shape=sample_shape(data), recipe={"train": vars_json(args)},
                     metadata={"metrics": metrics}, input_spec=input_spec(data))

@@ -24,7 +24,7 @@ from idap.prune.compress import CompressionResult, compress
 from idap.prune.config import ConfigError, Recipe
 from idap.prune.state import StepRecord
 from idap.prune.surgery import SurgeryError
-from idap.report.evaluate import compression_report
+from idap.report.evaluate import chance_warning, compression_report
 from idap.report.files import write_report
 
 USER_ERRORS = (ConfigError, DataError, ModelError, BundleError, SurgeryError, FileNotFoundError, ValueError)
@@ -175,6 +175,10 @@ def run_compress(
         f"test {report['compressed']['test_acc']:.2f}%"
         + (f", test perplexity {report['dense']['test_ppl']:.2f} -> {report['compressed']['test_ppl']:.2f}"
            if "test_ppl" in report["compressed"] else "") + f" -> {out}")
+    for label in ("dense", "compressed"):  # a model near chance is no model: say so, never silently
+        warning = chance_warning(report[label], data.num_classes, what=f"the {label} model")
+        if warning:
+            log(f"warning: {warning}")
     return out, report, result
 
 

@@ -37,6 +37,23 @@ def evaluate_model(model: nn.Module, data: DataSplits, *, batch_size: int = 512,
     return {**out, "params": count_params(model), "macs": count_macs(model, shape)}
 
 
+# A classifier within this many points of chance (100 / classes) has learned next to nothing: say so.
+CHANCE_MARGIN_PP = 5.0
+
+
+def chance_warning(metrics: dict, num_classes: int, *, what: str = "the model") -> str | None:
+    """A sentence when ``metrics["val_acc"]`` is within CHANCE_MARGIN_PP of chance (a classifier), else None."""
+    acc = metrics.get("val_acc")
+    if acc is None or num_classes < 2 or "val_ppl" in metrics:  # a language model's token accuracy has no chance line
+        return None
+    chance = 100.0 / num_classes
+    if acc > chance + CHANCE_MARGIN_PP:
+        return None
+    return (f"{what} reaches {acc:.2f} % validation accuracy, within {CHANCE_MARGIN_PP:g} pp of chance "
+            f"({chance:.1f} % for {num_classes} classes): it has learned next to nothing; train longer "
+            f"(more epochs or data) before compressing it")
+
+
 def layer_widths(model: nn.Module) -> dict[str, int]:
     """Output width of every conv / linear (and heads of attention modules), by qualified name."""
     out = {}

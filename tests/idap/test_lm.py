@@ -6,14 +6,8 @@ import copy
 import pytest
 import torch
 
-from idap.dense.text_models import (
-    bert_from_hf,
-    export_text_onnx,
-    llama_from_hf,
-    load_text_model,
-    save_text_model,
-    to_hf,
-)
+from idap.dense.hf_export import export_text_onnx, to_hf
+from idap.dense.text_models import bert_from_hf, llama_from_hf, load_text_model, save_text_model
 from idap.measure.metrics import count_macs
 from idap.models.lm import BertClassifier, LlamaLM, TextModelError, perplexity
 from idap.models.lm_weights import layer_shapes
