@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import warnings
 import zipfile
 from pathlib import Path
@@ -43,20 +42,6 @@ __all__ = ["DataError", "DataSplits", "fetch_dataset", "list_datasets", "load_da
            "save_splits"]
 
 _TENSORS_FILE, _META_FILE = "splits.safetensors", "splits.json"
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 def load_dataset(name_or_path: str, *, root: str | Path | None = None, seed: int = 0,
@@ -223,8 +208,6 @@ def _split(raw: RawArrays, name: str, seed: int, calibration_size: int, validati
                       seed=seed, mean=mean, std=std)
 
 
-
-
 def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
     means, stds = [], []
     for c in range(x.shape[1]):
@@ -241,11 +224,6 @@ def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]
 
 
 # ---- loaders ---------------------------------------------------------------------------------------
-
-
-
-
-
 
 
 def _load_npz(path: Path) -> RawArrays:
@@ -331,25 +309,3 @@ def _load_image_folder(path: Path) -> RawArrays:
     if x_test is not None and x_test.shape[1] != x.shape[1]:
         x, x_test = (a if a.shape[1] == 3 else np.repeat(a, 3, axis=1) for a in (x, x_test))
     return RawArrays(x, y, x_test, y_test, len(classes), digest.hexdigest())
-
-
-
-
-# ---- fetching and files ----------------------------------------------------------------------------
-
-
-
-
-
-
-
-# ---- CIFAR-10 (idap.data.cifar10 reads both its layouts) and dataset specs ------------------------------------
-
-
-
-
-
-
-
-
-
