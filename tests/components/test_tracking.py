@@ -254,7 +254,7 @@ def test_register_tags_and_pickle_free_load_in_fresh_process(workdir, client, bu
     # No pickle anywhere in the logged model ...
     local = Path(mlflow.artifacts.download_artifacts(f"models:/{NAME}@champion", dst_path=str(tmp_path / "dl")))
     assert not list(local.rglob("*.pkl")) and (local / "mlflow_model.py").is_file()
-    assert (local / "artifacts" / "good" / "weights.safetensors").is_file() and (local / "code" / "idap" / "bundle.py").is_file()
+    assert (local / "artifacts" / "good" / "weights.safetensors").is_file() and (local / "code" / "idap" / "bundle" / "store.py").is_file()
     requirements = (local / "requirements.txt").read_text()
     assert "torch==" in requirements and "safetensors==" in requirements
     # ... and a fresh interpreter that cannot unpickle loads it by alias and reproduces the bundle.
