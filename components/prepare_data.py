@@ -21,6 +21,7 @@ def prepare_data(
     test_limit: int,
     run_name: str,
     data: Output[Dataset],
+    time_budget: str = "",
 ) -> NamedTuple("PreparedData", [("recipe_json", str), ("parent_run_id", str)]):
     """Split ``dataset`` (a builtin name, a path, an s3:// URI or a dataset spec) with the recipe's seed and sizes.
 
@@ -28,7 +29,8 @@ def prepare_data(
     and their split assignments (``idap.data.sources.save_splits``), never as pixels.
 
     The explicit parameters override ``recipe_json`` (negative = keep the recipe's value, a target of 0 =
-    no target); every later step receives the resulting recipe, so the whole run uses one recipe.
+    no target; ``time_budget`` "20m" sets ``recovery.time_budget``, "" keeps the recipe's); every later step
+    receives the resulting recipe, so the whole run uses one recipe.
     """
     from collections import namedtuple
 
@@ -38,7 +40,7 @@ def prepare_data(
     settings = mlflow_backend.configure()
     recipe = artifacts.effective_recipe(recipe_json, seed=seed, max_accuracy_drop=max_accuracy_drop,
                                          target_macs_reduction=target_macs_reduction,
-                                         target_params_reduction=target_params_reduction)
+                                         target_params_reduction=target_params_reduction, time_budget=time_budget)
     source = sources.resolve_dataset(dataset, settings.workdir)  # s3:// data and s3:// spec sources, fetched
     parent = tracking.start_pipeline_run(run_name or f"idap-compress {dataset}",
                                           tags={"idap.dataset": dataset, "idap.recipe_digest": recipe.digest()})

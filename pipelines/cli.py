@@ -212,7 +212,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     params = {"model": args.model_dir or args.model, "dataset": args.dataset, "out": args.out}
     registration = None
     with tracking.step_run(None, "compress", params=params) as tracker:
-        out, report, result = idap_cli.run_compress(opts, on_step=tracker.on_step)
+        out, report, result = idap_cli.run_compress(opts, on_step=tracker.on_step, on_plan=tracker.log_plan)
         tracker.log_recipe(result.recipe)
         tracker.log_dataset(report["dataset"])
         tracker.log_report(report, out)  # metrics, verdict tags, report files under report/

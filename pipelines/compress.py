@@ -98,6 +98,7 @@ def compress_pipeline(
     promote_objective: str = "latency",
     promote_tolerance_pp: float = 0.1,
     gpus: int = 0,
+    time_budget: str = "",
 ) -> CompressOutputs:
     """Compress ``model_name`` on ``dataset`` with IDAP++ and register the result.
 
@@ -113,11 +114,13 @@ def compress_pipeline(
         registered_name: MLflow registered model ("" = idap-<model_name>-<dataset>).
         train_limit, test_limit: subsample the train / test splits (0 = all).
         gpus: GPUs for each training and recovery step on a cluster (0 = CPU only; the local runner ignores it).
+        time_budget: wall time for the compression steps, e.g. "20m" (``recovery.time_budget``: the recovery
+            budgets are sized to fit from the step times measured on the cluster's machine); "" = the recipe's.
     """
     prep = _step(prepare_data(dataset=dataset, data_root=data_root, recipe_json=recipe_json, seed=seed,
                               max_accuracy_drop=max_accuracy_drop, target_macs_reduction=target_macs_reduction,
                               target_params_reduction=target_params_reduction, train_limit=train_limit,
-                              test_limit=test_limit, run_name=run_name), "prepare-data")
+                              test_limit=test_limit, run_name=run_name, time_budget=time_budget), "prepare-data")
     recipe, parent = prep.outputs["recipe_json"], prep.outputs["parent_run_id"]
     base = _step(train_baseline(data=prep.outputs["data"], model_name=model_name, epochs=train_epochs,
                                 base_model_uri=base_model_uri, recipe_json=recipe, parent_run_id=parent),

@@ -63,7 +63,7 @@ def pipeline_arguments(pipeline, params: list[str], recipe_file: str | None) -> 
     if "recipe_json" in spec:  # fail here, not three steps into a run, on a bad recipe or override
         values = {k: arguments.get(k, spec[k][1]) for k in spec}
         overrides = {k: values[k] for k in RECIPE_OVERRIDES if values.get(k) is not None}
-        recipe = effective_recipe(values["recipe_json"] or "", **overrides)
+        recipe = effective_recipe(values["recipe_json"] or "", **overrides, time_budget=values.get("time_budget") or "")
         if "search_space" in spec:
             check_search_space(values, recipe)
     return arguments

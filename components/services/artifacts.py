@@ -50,10 +50,12 @@ def recipe_from_json(text: str) -> Recipe:
 
 
 def effective_recipe(recipe_json: str = "", *, seed: int = KEEP, max_accuracy_drop: float = KEEP,
-                     target_macs_reduction: float = KEEP, target_params_reduction: float = KEEP) -> Recipe:
+                     target_macs_reduction: float = KEEP, target_params_reduction: float = KEEP,
+                     time_budget: str = "") -> Recipe:
     """``recipe_json`` with the pipeline's explicit parameters on top.
 
     A negative value keeps the recipe's field; a target of 0 means no target; anything else replaces it.
+    ``time_budget`` ("20m", "1h"; "" keeps the recipe's) is the compression's ``recovery.time_budget``.
     """
     changes: dict = {}
     if seed >= 0:
@@ -64,6 +66,8 @@ def effective_recipe(recipe_json: str = "", *, seed: int = KEEP, max_accuracy_dr
                         ("target_params_reduction", target_params_reduction)):
         if value >= 0:
             changes[name] = float(value) if value > 0 else None
+    if time_budget:
+        changes["recovery.time_budget"] = time_budget
     recipe = recipe_from_json(recipe_json)
     return recipe.with_overrides(changes) if changes else recipe
 
@@ -145,6 +149,15 @@ def load_trajectory(path: str | os.PathLike) -> list[StepRecord]:
     """The trajectory of a run-state artifact (or of a plain list of step records)."""
     doc = read_json(path)
     return RunState.from_json(doc).trajectory if isinstance(doc, dict) else [StepRecord(**s) for s in doc]
+
+
+def plan_reporter(tracker) -> Callable:
+    """The run's time plan: a line in the step's log and params / a metric / a tag in its MLflow run."""
+    def on_plan(plan) -> None:
+        print(plan.line(), flush=True)
+        tracker.log_plan(plan)
+
+    return on_plan
 
 
 def reporter(tracker) -> Callable[[StepRecord], None]:

@@ -21,6 +21,9 @@ def report_metrics(report: dict) -> dict[str, float]:
         out["compress_seconds"] = float(report["compress_seconds"])
     if report.get("target_met") is not None:
         out["target_met"] = 1.0 if report["target_met"] else 0.0
+    timing = report.get("time") or {}  # the time plan's estimate against the actual seconds
+    out.update({f"time_{k}": float(v) for k in ("estimate_s", "actual_s", "budget_s", "estimate_error_pct")
+                if is_number(v := timing.get(k))})
     return out
 
 
@@ -34,6 +37,8 @@ def report_tags(report: dict) -> dict:
                                           "target not reached")
     if report.get("stopped_by"):
         tags["idap.stopped_by"] = " | ".join(report["stopped_by"])
+    if (report.get("time") or {}).get("budget_reached"):
+        tags["idap.time_budget_reached"] = report["time"]["verdict"]
     if report.get("removed_blocks") is not None:
         tags["idap.removed_blocks"] = ", ".join(report["removed_blocks"]) or "none"
     if report.get("warnings"):

@@ -307,6 +307,18 @@ class StepTracker:
         with clear_errors(self._uri):
             self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in str_dict(tags).items()])
 
+    def log_plan(self, plan) -> None:
+        """The run's time plan (``idap.prune.timing.RunPlan``) before its first pruning step: the measured step
+        costs and sized budgets as ``plan.*`` params, the estimate as a metric, the plan line as a tag."""
+        c = plan.costs
+        self.log_params({"plan.optimizer_step_ms": round(c.optimizer_step * 1000, 2),
+                         "plan.evaluation_s": round(c.evaluation, 2), "plan.scoring_s": round(c.scoring, 2),
+                         "plan.step_recovery": plan.step_recovery, "plan.final_steps": plan.final_steps,
+                         "plan.calibration_size": plan.calibration_size, "plan.time_budget_s": plan.time_budget,
+                         "plan.sized": "; ".join(plan.sized) or "nothing"})
+        self.log_metrics({"plan_estimate_s": plan.estimate_s, "plan_max_s": plan.max_s})
+        self.set_tags({"idap.plan": plan.line()[:MAX_TAG_CHARS]})
+
     def log_recipe(self, recipe) -> None:
         """The whole recipe as params (``section.field``), ``recipe.yaml``, and the tag ``idap.recipe_digest``."""
         recipe = as_recipe(recipe)

@@ -14,7 +14,7 @@ from idap.atomic import replace_directory
 from idap.bundle.format import BundleError
 from idap.bundle.onnx_export import export_onnx
 from idap.bundle.store import load_bundle, read_bundle_info, save_bundle
-from idap.cli.common import load_data, log, print_step, recipe_from_args
+from idap.cli.common import RunPrinter, load_data, log, recipe_from_args
 from idap.data.checks import check_data, check_model_fits
 from idap.data.splits import DataError, input_spec, sample_shape
 from idap.dense.baseline import train_dense
@@ -24,6 +24,7 @@ from idap.prune.compress import CompressionResult, compress
 from idap.prune.config import ConfigError, Recipe
 from idap.prune.state import StepRecord
 from idap.prune.surgery import SurgeryError
+from idap.prune.timing import RunPlan, time_summary
 from idap.report.evaluate import chance_warning, compression_report
 from idap.report.files import write_report
 
@@ -123,8 +124,9 @@ def run_compress(
     opts: CompressOptions,
     *,
     on_step: Callable[[StepRecord], None] | None = None,
+    on_plan: Callable[[RunPlan], None] | None = None,
 ) -> tuple[Path, dict, CompressionResult]:
-    """The body of ``compress``: reusable by the edge, which adds tracking through ``on_step``.
+    """The body of ``compress``: reusable by the edge, which adds tracking through ``on_step`` and ``on_plan``.
 
     Whole or nothing: the run works in a hidden sibling of ``opts.out`` and replaces it in one rename at
     the end. After every completed step it checkpoints there, so the same command run again after a kill
@@ -141,23 +143,30 @@ def run_compress(
     check_output_dir(out, "idap compress")
     work = partial_dir(out)
     _prepare_work(work, opts)
+    printer = RunPrinter(recipe)
+
     def step(rec: StepRecord) -> None:
-        print_step(rec)
+        printer.on_step(rec)
         if on_step is not None:
             on_step(rec)
+
+    def plan(p: RunPlan) -> None:
+        printer.on_plan(p)
+        if on_plan is not None:
+            on_plan(p)
 
     try:
         dense, trained = _dense_for(opts, data, work)
         try:
             result = compress(dense, data, recipe, on_step=step, progress=opts.progress,
-                              checkpoint_dir=work / "checkpoint")
+                              checkpoint_dir=work / "checkpoint", on_plan=plan)
         except CheckpointMismatch as exc:
             if opts.resume:
                 raise ValueError(f"--resume: {exc}; rerun with --fresh to start over") from None
             log(f"{exc}: starting over")
             shutil.rmtree(work / "checkpoint")
             result = compress(dense, data, recipe, on_step=step, progress=opts.progress,
-                              checkpoint_dir=work / "checkpoint")
+                              checkpoint_dir=work / "checkpoint", on_plan=plan)
         if result.resumed_from:
             log(f"resumed the interrupted run at {result.resumed_from}")
         report = _write_outputs(opts, result, data, work / "result", trained)
@@ -175,6 +184,11 @@ def run_compress(
         f"test {report['compressed']['test_acc']:.2f}%"
         + (f", test perplexity {report['dense']['test_ppl']:.2f} -> {report['compressed']['test_ppl']:.2f}"
            if "test_ppl" in report["compressed"] else "") + f" -> {out}")
+    timing = report.get("time") or {}
+    if timing.get("estimate_s") is not None:
+        log(f"time: estimated {timing['estimate_s']:.0f} s, took {timing['actual_s']:.0f} s"
+            + (f" (budget {timing['budget_s']:.0f} s)" if timing.get("budget_s") else "")
+            + (f"; {timing['verdict']}" if timing.get("verdict") else ""))
     for label in ("dense", "compressed"):  # a model near chance is no model: say so, never silently
         warning = chance_warning(report[label], data.num_classes, what=f"the {label} model")
         if warning:
@@ -184,11 +198,13 @@ def run_compress(
 
 def _write_outputs(opts: CompressOptions, result: CompressionResult, data, tmp: Path, trained: Path | None) -> dict:
     """Everything ``opts.out`` will hold, written into ``tmp``."""
-    model, recipe = result.model.cpu(), opts.recipe
+    model, recipe = result.model.cpu(), result.recipe  # the budgets the time plan sized, when it sized any
     log("measuring dense vs compressed (accuracy, MACs, latency)...")
     report = compression_report(result.dense.cpu(), model, data, recipe=recipe.to_dict(),
                                 steps=[s.to_json() for s in result.steps], profile=result.profile.to_json(),
-                                latency=opts.latency, extra={"compress_seconds": round(result.seconds, 1)})
+                                latency=opts.latency, extra={"compress_seconds": round(result.seconds, 1),
+                                                             "time": time_summary(plan_of(result), result.seconds,
+                                                                                  result.steps)})
     metadata = {"report": {k: report[k] for k in ("dense", "compressed", "ratios")}, "dataset": data.describe(),
                 "recipe_digest": recipe.digest(), "base_model": opts.model_dir or opts.model}
     tmp.mkdir(parents=True, exist_ok=True)
@@ -201,6 +217,11 @@ def _write_outputs(opts: CompressOptions, result: CompressionResult, data, tmp: 
     (tmp / "recipe.yaml").write_text(recipe.to_yaml())
     write_report(report, tmp)
     return report
+
+
+def plan_of(result: CompressionResult) -> RunPlan | None:
+    """The time plan a run made (in its final state)."""
+    return RunPlan.from_json(result.state.plan) if result.state is not None and result.state.plan else None
 
 
 def cmd_compress(args: argparse.Namespace) -> int:

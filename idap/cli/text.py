@@ -104,6 +104,8 @@ def cmd_compress(args: argparse.Namespace) -> int:
         argv += ["--target-macs-reduction", str(args.target_macs)]
     if args.max_drop is not None:
         argv += ["--max-accuracy-drop", str(args.max_drop)]
+    if args.time_budget is not None:
+        argv += ["--time-budget", args.time_budget]
     argv += sum((["--set", f"{k}={s[k]}"] for k in _SPLIT_KEYS), [])
     argv += sum((["--set", item] for item in args.set or []), [])
     if args.quiet:
@@ -156,6 +158,8 @@ def add_text_commands(sub, dispatch) -> None:
     c.add_argument("--recipe", default=None, help="recipe YAML (default: the default recipe)")
     c.add_argument("--target-macs", type=float, default=None)
     c.add_argument("--max-drop", type=float, default=None)
+    c.add_argument("--time-budget", default=None, metavar="DURATION",
+                   help="wall time for the compression, e.g. 15m (the recovery budgets are sized to fit)")
     c.add_argument("--set", action="append", help="recipe override, e.g. --set recovery.lr=5e-5")
     c.add_argument("--out", required=True)
     c.set_defaults(func=cmd_compress, dispatch=dispatch)

@@ -28,6 +28,7 @@ from idap.prune.importance import FlowImportance, create_importance
 from idap.prune.layer_stage import run_layer_stage
 from idap.prune.recovery import recover
 from idap.prune.state import SEED_FINAL, SEED_TOPUP, STAGES, OnStep, RunContext, RunState, StepRecord
+from idap.prune.timing import RunPlan, measure_costs, plan_run
 
 
 @dataclass
@@ -117,7 +118,7 @@ def final_finetune(model: nn.Module, ctx: RunContext, dense: nn.Module, *, spent
     """
     r = ctx.recipe
     started = time.perf_counter()
-    steps = final_budget(r, ctx.recovery_spent() if spent is None else spent)
+    steps = ctx.final_steps_in_time(final_budget(r, ctx.recovery_spent() if spent is None else spent))
     stats = recover(model, dense, ctx.data.train_x, ctx.data.train_y, steps=steps, config=r.recovery,
                     seed=r.seed + SEED_FINAL, device=ctx.device, lr=r.recovery.final_lr, schedule="cosine",
                     progress=ctx.progress, desc="final fine-tune")
@@ -139,8 +140,21 @@ def start_run(dense: nn.Module, data: DataSplits, recipe: Recipe, *, on_step: On
     return ctx
 
 
+def plan_time(model: nn.Module, ctx: RunContext, *, scoring: float | None = None) -> RunPlan:
+    """The run's time plan (``idap.prune.timing``), made once before the first pruning step and kept in the run
+    state: the step costs measured on ``model``, the steps the schedule can take, the estimated time and, with
+    ``recovery.time_budget``, the recovery budgets sized to fit. ``scoring``: a scoring pass's seconds when
+    already timed (the dense profile)."""
+    r = ctx.recipe
+    costs = measure_costs(model, x=ctx.data.train_x, y=ctx.data.train_y, recovery=r.recovery, device=ctx.device,
+                          evaluate=ctx.evaluate, score=lambda m: dense_profile(m, ctx), scoring=scoring,
+                          calibration_size=min(r.calibration_size, len(ctx.calib[0])), clock=ctx.clock)
+    blocks = len(block_candidates(model)) if r.layer.enabled else 0
+    return plan_run(r, costs, blocks=blocks, macs_target=filter_macs_target(r), spent=ctx.elapsed())
+
+
 def run_stages(model: nn.Module, ctx: RunContext, dense: nn.Module, profile: FlowProfile | None = None, *,
-               until: str = "done") -> nn.Module:
+               until: str = "done", scoring: float | None = None) -> nn.Module:
     """Run every stage the recipe enables from wherever ``ctx.state`` stands until the state reaches ``until``.
 
     The one way through the stages: :func:`compress` runs it to ``done``; the pipeline's steps run it to
@@ -150,9 +164,19 @@ def run_stages(model: nn.Module, ctx: RunContext, dense: nn.Module, profile: Flo
     Args:
         profile: the dense model's profile (stage 1's first ranking reuses it).
         until: ``layer``, ``finetune`` or ``done``.
+        scoring: seconds a scoring pass took, when the caller timed one (the time plan reuses it).
+
+    The first call plans the run's time (:func:`plan_time`) and tells ``ctx.on_plan``; every call runs with
+    the budgets that plan sized (``ctx.recipe`` becomes the effective recipe).
     """
     if until not in ("layer", "finetune", "done"):
         raise ValueError(f"until must be one of ['layer', 'finetune', 'done'], got {until!r}")
+    if ctx.state.plan is None:
+        ctx.state.plan = plan_time(model, ctx, scoring=scoring).to_json()
+    plan = ctx.plan
+    ctx.recipe = plan.recipe_for(ctx.recipe)
+    if ctx.on_plan is not None:
+        ctx.on_plan(plan)
     order, r = STAGES.index, ctx.recipe
     if ctx.state.stage == "filter" and order(until) > order("filter"):
         if r.filter.enabled:
@@ -177,6 +201,7 @@ def compress(
     progress: bool = False,
     dense_val_acc: float | None = None,
     checkpoint_dir=None,
+    on_plan=None,
 ) -> CompressionResult:
     """Compress a trained ``model`` within ``recipe.max_accuracy_drop``; the input model is not modified.
 
@@ -184,7 +209,9 @@ def compress(
         dense_val_acc: the dense model's validation accuracy when already known (else measured).
         checkpoint_dir: save the model and the run state there after every completed step, and continue
             from what is there when it holds a checkpoint of this very run (same dense model, recipe and
-            data); the result equals an uninterrupted run's.
+            data); the result equals an uninterrupted run's (with ``recovery.time_budget`` the stages stop by
+            the clock, so a resumed run may take other steps than an uninterrupted one would have).
+        on_plan: told the run's time plan (``idap.prune.timing.RunPlan``) before the first pruning step.
     """
     started = time.perf_counter()
     dense = copy.deepcopy(model).eval()
@@ -198,9 +225,11 @@ def compress(
         ctx = start_run(dense, data, recipe, on_step=on_step, progress=progress, dense_val_acc=dense_val_acc,
                         checkpoint=saver.save if saver is not None else None)
         current = copy.deepcopy(dense)
+    ctx.on_plan = on_plan
     where = f"{ctx.state.stage} {ctx.state.position.get('t', ctx.state.position.get('next', 0))}"
+    scored = time.perf_counter()
     profile = dense_profile(dense, ctx)
-    current = run_stages(current.to(ctx.device), ctx, dense, profile)
-    return CompressionResult(current.eval(), dense, list(ctx.state.trajectory), profile, recipe, ctx.dense_val_acc,
+    current = run_stages(current.to(ctx.device), ctx, dense, profile, scoring=time.perf_counter() - scored)
+    return CompressionResult(current.eval(), dense, list(ctx.state.trajectory), profile, ctx.recipe, ctx.dense_val_acc,
                              seconds=time.perf_counter() - started, state=ctx.state,
                              resumed_from=where if resumed is not None else None)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,36 @@ def _check(cond: bool, name: str, rule: str, value: Any) -> None:
 
 def _one_of(name: str, value: Any, choices: tuple) -> None:
     _check(value in choices, name, f"one of {list(choices)}", value)
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)")
+
+
+def parse_duration(value: Any, name: str = "time budget") -> float:
+    """Seconds of a duration: ``"20m"``, ``"1h30m"``, ``"1.5h"``, ``"90s"``, or a number of seconds.
+
+    Example:
+        >>> parse_duration("1h30m"), parse_duration(90)
+        (5400.0, 90.0)
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and value.strip():
+        text = value.strip().lower().replace(" ", "")
+        parts = _DURATION.findall(text)
+        if not parts or "".join(n + u for n, u in parts) != text:
+            try:
+                seconds = float(text)
+            except ValueError:
+                raise ConfigError(f"{name} must be a duration such as 90s, 20m, 1h or 1h30m (or seconds), "
+                                  f"got {value!r}") from None
+        else:
+            seconds = sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
+    else:
+        raise ConfigError(f"{name} must be a duration such as 90s, 20m, 1h or 1h30m (or seconds), got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ConfigError(f"{name} must be a positive duration, got {value!r}")
+    return seconds
 
 
 def _check_types(obj: Any, prefix: str) -> None:
@@ -179,9 +211,15 @@ class RecoveryConfig:
     # a converged ResNet-20 ~2.5 pp below where it started after 100 steps; cosine ends within 0.2 pp).
     schedule: str = "cosine"  # cosine | constant (the authors' code)
     augment: bool = True  # random shifts / flips of the training tensors
+    # Wall-time budget of the compression (seconds; "20m", "1h" in YAML and on the command line): the run
+    # measures its step times first and sizes step_budget, final_budget and calibration_size to fit, and the
+    # stages stop when the time left is what the final fine-tune needs (idap.prune.timing). Empty = no limit.
+    time_budget: float | None = None
 
     def __post_init__(self):
         _check_types(self, "recovery.")
+        if self.time_budget is not None:
+            object.__setattr__(self, "time_budget", parse_duration(self.time_budget, "recovery.time_budget"))
         for name in ("step_budget", "final_budget"):
             v = getattr(self, name)
             _check(isinstance(v, int) and 0 <= v <= 10**7, f"recovery.{name}", "an integer >= 0", v)
@@ -329,4 +367,4 @@ def _split_override(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-__all__ = ["ConfigError", "FilterStageConfig", "LayerStageConfig", "RecoveryConfig", "Recipe"]
+__all__ = ["ConfigError", "FilterStageConfig", "LayerStageConfig", "RecoveryConfig", "Recipe", "parse_duration"]

@@ -21,7 +21,7 @@ from torch import nn
 from idap.measure.metrics import layer_macs
 from idap.prune.importance import FlowImportance, Importance, ScoringContext, create_importance
 from idap.prune.schedule import channels_to_remove, prune_fraction
-from idap.prune.state import SEED_FILTER, RunContext, StepRecord, within_budget
+from idap.prune.state import SEED_FILTER, TIME_BUDGET_REACHED, RunContext, StepRecord, within_budget
 from idap.prune.surgery import (
     SurgeryError,
     attention_modules,
@@ -272,6 +272,9 @@ def run_filter_stage(
         started = time.perf_counter()
         if ctx.target_reached(model, macs_target):
             _stop(ctx, model, t, started, f"{note}target reached")
+            break
+        if ctx.out_of_time():  # the next step would eat into the time the final fine-tune needs
+            _stop(ctx, model, t, started, f"{note}{TIME_BUDGET_REACHED}")
             break
         imp.prepare(model, ScoringContext(calib_x, calib_y, batch_size=r.eval_batch_size, seed=r.seed + seed_offset + t,
                                           device=ctx.device, point=cfg.score_point, score_pointwise=cfg.score_pointwise))

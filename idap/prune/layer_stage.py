@@ -15,7 +15,14 @@ from torch import nn
 
 from idap.models.prunable import block_candidates
 from idap.prune.divergence import flow_profile
-from idap.prune.state import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord, within_budget
+from idap.prune.state import (
+    LANDING_TOLERANCE,
+    SEED_LAYER,
+    TIME_BUDGET_REACHED,
+    RunContext,
+    StepRecord,
+    within_budget,
+)
 from idap.prune.surgery import remove_block
 
 
@@ -62,6 +69,10 @@ def run_layer_stage(
     cfg = r.layer
     model.to(ctx.device)
     first = len(ctx.state.trajectory)
+    if plan is None and ctx.out_of_time():  # not even the ranking pass: the final fine-tune needs the time
+        ctx.record(model, "layer", 0, "stop", val_acc=ctx.evaluate(model), started=time.perf_counter(), accepted=False,
+                   note=TIME_BUDGET_REACHED)
+        return model, ctx.state.trajectory[first:]
     if plan is None:
         start_acc = ctx.evaluate(model)
         plan = {"ranked": [list(kv) for kv in rank_blocks(model, ctx)], "start_acc": start_acc,
@@ -81,6 +92,10 @@ def run_layer_stage(
             ctx.record(model, "layer", i, "stop", val_acc=plan["last_acc"], started=started, accepted=False,
                        note=f"{plan['misses']} blocks in a row essential: the {len(plan['ranked']) - i} left rank "
                             f"as more important (layer.patience {cfg.patience})")
+            break
+        if ctx.out_of_time():
+            ctx.record(model, "layer", i, "stop", val_acc=plan["last_acc"], started=started, accepted=False,
+                       note=TIME_BUDGET_REACHED)
             break
         snapshot = copy.deepcopy(model)
         remove_block(model, name)

@@ -134,8 +134,13 @@ def recover(
     schedule: str = "constant",
     progress: bool = False,
     desc: str = "recovery",
+    on_step: Callable[[int], None] | None = None,
 ) -> RecoveryStats:
-    """Distillation fine-tuning of ``student`` for exactly ``steps`` optimizer steps (in place)."""
+    """Distillation fine-tuning of ``student`` for exactly ``steps`` optimizer steps (in place).
+
+    Args:
+        on_step: called with the step's index after each optimizer step (the time plan times them).
+    """
     if steps <= 0:
         return RecoveryStats(0, float("nan"), [])
     lr = config.lr if lr is None else lr
@@ -190,6 +195,8 @@ def recover(
             loss_value = float(loss.detach())
             if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_value:.3f}")
+            if on_step is not None:
+                on_step(step)
     student.zero_grad(set_to_none=True)
     student.eval()
     return RecoveryStats(steps, loss_value, taps)

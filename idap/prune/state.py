@@ -26,6 +26,7 @@ from idap.data.splits import DataSplits
 from idap.measure.metrics import accuracy, count_macs, count_params, resolve_device
 from idap.prune.config import Recipe
 from idap.prune.recovery import recover
+from idap.prune.timing import TIME_BUDGET_REACHED, RunPlan  # noqa: F401  (the stages' stop note)
 
 # Seed offsets so every stage, step and purpose draws from its own stream: a stage run in a separate
 # pipeline step, or resumed after a kill, gets exactly the numbers it gets inside one `idap compress`.
@@ -79,6 +80,9 @@ class RunState:
     recovery_used: int = 0  # per-step recovery steps given so far (all stages), for recovery.final_reserve
     stage: str = "filter"  # the next stage to run (STAGES)
     position: dict = field(default_factory=dict)  # that stage's progress: {"t": next step} / the layer plan
+    plan: dict | None = None  # the run's time plan (idap.prune.timing.RunPlan), made before the first step
+    time_spent: float = 0.0  # seconds the run has worked so far (all processes, resumed runs included)
+    recovery_timing: list = field(default_factory=lambda: [0, 0.0])  # [optimizer steps, seconds] of recoveries
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -122,6 +126,11 @@ class RunContext:
     on_step: OnStep | None = None
     progress: bool = False
     checkpoint: Callable[[nn.Module, RunState], None] | None = None
+    on_plan: Callable[[RunPlan], None] | None = None  # told the plan before the first pruning step
+    clock: Callable[[], float] = time.perf_counter  # seconds; tests pass a constructed clock
+
+    def __post_init__(self) -> None:
+        self._since = self.clock()
 
     @classmethod
     def create(cls, dense: nn.Module, data: DataSplits, recipe: Recipe, *, on_step: OnStep | None = None,
@@ -209,8 +218,11 @@ class RunContext:
         r = self.recipe
         teacher = previous if r.recovery.teacher == "previous" or dense is None else dense
         given = self.take_recovery()
+        started = self.clock()
         recover(model, teacher, self.data.train_x, self.data.train_y, steps=given, config=r.recovery, seed=seed,
                 device=self.device, schedule=r.recovery.schedule, progress=self.progress, desc=desc)
+        steps, seconds = self.state.recovery_timing
+        self.state.recovery_timing = [steps + given, seconds + self.clock() - started]
         return given
 
     def target_reached(self, model: nn.Module, macs_target: float | None = None) -> bool:
@@ -236,7 +248,48 @@ class RunContext:
             self.on_step(rec)
         return rec
 
+    # ---- time ----------------------------------------------------------------------------------
+    @property
+    def plan(self) -> RunPlan | None:
+        return RunPlan.from_json(self.state.plan) if self.state.plan else None
+
+    def elapsed(self) -> float:
+        """Seconds this run has worked: what earlier processes recorded plus this one's time so far."""
+        now = self.clock()
+        self.state.time_spent += now - self._since
+        self._since = now
+        return self.state.time_spent
+
+    def step_seconds(self) -> float | None:
+        """Seconds per recovery optimizer step as this run's recoveries took them (None before 10 steps: then
+        the plan's probe stands); what the pruned model really costs, under whatever else runs on the machine."""
+        steps, seconds = self.state.recovery_timing
+        return seconds / steps if steps >= 10 else None
+
+    def out_of_time(self, next_step: float | None = None) -> bool:
+        """True when the time budget cannot pay for the next step (default: a pruning step as planned) and
+        still leave the final fine-tune its planned time."""
+        plan = self.plan
+        if plan is None or plan.time_budget is None:
+            return False
+        rate = self.step_seconds()
+        cost = plan.pruning_step_seconds(rate) if next_step is None else next_step
+        return self.elapsed() + cost + plan.final_seconds(optimizer_step=rate) > plan.time_budget
+
+    def final_steps_in_time(self, steps: int) -> int:
+        """The final fine-tune's steps, fewer when the time left cannot pay for them (never below the
+        planned minimum: the fine-tune the run planned is always finished)."""
+        from idap.prune.timing import MIN_FINAL_STEPS
+
+        plan = self.plan
+        if plan is None or plan.time_budget is None or steps <= 0:
+            return steps
+        left = plan.time_budget - self.elapsed() - plan.costs.evaluation
+        fits = int(left / max(self.step_seconds() or plan.costs.optimizer_step, 1e-9))
+        return max(min(steps, MIN_FINAL_STEPS), min(steps, fits))
+
     def save_point(self, model: nn.Module) -> None:
         """The state now describes ``model`` after a completed step: hand both to the checkpoint callback."""
+        self.elapsed()  # the time worked so far travels with the state
         if self.checkpoint is not None:
             self.checkpoint(model, self.state)

@@ -17,7 +17,7 @@ from idap.measure.metrics import (
     uncounted_modules,
 )
 from idap.measure.speed import measure_speed
-from idap.prune.state import within_budget
+from idap.prune.state import TIME_BUDGET_REACHED, within_budget
 
 # A measured speed-up below this fraction of the MACs reduction is flagged: MACs are only a proxy.
 SPEEDUP_AGREEMENT = 0.8
@@ -120,6 +120,9 @@ def build_report(*, dense: dict, compressed: dict, steps: list[dict], recipe: di
         report["widths"] = widths
     if extra:
         report.update(extra)
+    timing = report.get("time") or {}
+    if timing.get("budget_reached"):
+        report["warnings"].append(timing["verdict"])
     return report
 
 
@@ -161,6 +164,8 @@ def stopping_limits(steps: Sequence[dict], recipe: dict) -> list[str]:
         out.append(f"stage 2 (blocks): K — layer.max_removals={k} block(s) removed")
     elif not layer:
         out.append("stage 2 (blocks): nothing to remove — the model has no stride-1, same-width residual block")
+    elif layer[-1]["action"] == "stop" and TIME_BUDGET_REACHED in layer[-1].get("note", ""):
+        out.append(f"stage 2 (blocks): the time budget — no time left for another block after {removed} removed")
     elif layer[-1]["action"] == "stop" and "target reached" in layer[-1].get("note", ""):
         out.append(f"stage 2 (blocks): the target was reached after {removed} block(s)")
     else:
@@ -182,6 +187,8 @@ def _filter_limit(filt: list[dict], n_steps: int | None) -> str:
                 f"{done} step(s) kept")
     if last["action"] == "stop" and "floors" in note:
         return f"the per-layer floors — nothing left above filter.min_channels / min_fraction after {done} step(s)"
+    if last["action"] == "stop" and TIME_BUDGET_REACHED in note:
+        return f"the time budget — no time left for another step after {done} step(s)"
     if last["action"] == "stop" and "target reached" in note:
         return f"the target was reached after {done} step(s)"
     if n_steps is not None and done >= n_steps:

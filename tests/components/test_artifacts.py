@@ -22,6 +22,14 @@ def test_negative_parameters_keep_the_recipe_and_zero_clears_a_target():
     assert effective_recipe("").max_accuracy_drop == Recipe().max_accuracy_drop
 
 
+def test_the_time_budget_parameter_sets_the_recipes_and_empty_keeps_it():
+    base = recipe_param(Recipe.from_dict({"recovery": {"time_budget": "1h"}}))
+    assert effective_recipe(base).recovery.time_budget == 3600.0
+    assert effective_recipe(base, time_budget="20m").recovery.time_budget == 1200.0
+    with pytest.raises(ConfigError, match="recovery.time_budget"):
+        effective_recipe(base, time_budget="later")
+
+
 @pytest.mark.parametrize("text, match", [("{", "not valid JSON"), ("[1]", "JSON object"),
                                          ('{"filter": {"p0": 2}}', "filter.p0")])
 def test_bad_recipe_json_is_a_config_error(text, match):

@@ -58,6 +58,7 @@ def test_parameters_are_typed_by_the_pipeline_signature(work):
     (["--param", "target_macs_reduction=0.5"], "target_macs_reduction must be empty or a factor"),
     (["--recipe", "missing.yaml"], "recipe file missing.yaml does not exist"),
     (["--param", "recipe_json={", ], "recipe_json is not valid JSON"),
+    (["--param", "time_budget=soon"], "recovery.time_budget must be a duration such as 90s, 20m"),
 ])
 def test_run_refuses_bad_parameters_before_running(work, capsys, argv, message):
     assert main(["pipeline", "run", "compress", *argv]) == 2
