@@ -192,7 +192,7 @@ def train_control(dense: nn.Module, data: DataSplits, recipe: Recipe, total_budg
 # Recipe fields added after benchmark runs were cached, with the value that behaves as before they existed:
 # at that value, or in a disabled stage, they are left out of a run's cache key, so the cached runs (which
 # could not have used them) stay valid; any other value changes the key.
-ADDED_FIELDS = {("layer", "patience"): 0}
+ADDED_FIELDS = {("layer", "patience"): 0, ("recovery", "time_budget"): None}
 
 
 def keyed_recipe(recipe) -> dict:

@@ -51,7 +51,7 @@ def test_a_failed_rerun_leaves_the_previous_output_whole_and_a_success_leaves_no
     def broken(*a, **k):
         raise BundleError("simulated ONNX export failure")
 
-    monkeypatch.setattr(idap.cli.commands, "export_onnx", broken)
+    monkeypatch.setattr(idap.cli.compress_cmd, "export_onnx", broken)  # compress writes model.onnx there
     assert idap_main([*setup, "--out", str(out), "--set", "seed=1"]) == 2
     assert _files(out) == before  # the previous result, whole
     monkeypatch.undo()
