@@ -277,8 +277,9 @@ class RunContext:
         return self.elapsed() + cost + plan.final_seconds(optimizer_step=rate) > plan.time_budget
 
     def final_steps_in_time(self, steps: int) -> int:
-        """The final fine-tune's steps, fewer when the time left cannot pay for them (never below the
-        planned minimum: the fine-tune the run planned is always finished)."""
+        """The final fine-tune's steps under a time budget: what the time left pays for — fewer than planned
+        when the stages overran, more (up to the recipe's own final budget, never beyond) when they ended early,
+        and never below the planned minimum: the fine-tune the run planned is always finished."""
         from idap.prune.timing import MIN_FINAL_STEPS
 
         plan = self.plan
@@ -286,7 +287,7 @@ class RunContext:
             return steps
         left = plan.time_budget - self.elapsed() - plan.costs.evaluation
         fits = int(left / max(self.step_seconds() or plan.costs.optimizer_step, 1e-9))
-        return max(min(steps, MIN_FINAL_STEPS), min(steps, fits))
+        return max(min(steps, MIN_FINAL_STEPS), min(max(steps, plan.final_requested), fits))
 
     def save_point(self, model: nn.Module) -> None:
         """The state now describes ``model`` after a completed step: hand both to the checkpoint callback."""

@@ -88,6 +88,7 @@ class RunPlan:
     estimate_s: float  # the likely run, from the measured costs
     max_s: float  # every step the schedule can take
     time_budget: float | None = None  # seconds, or None
+    final_requested: int = 0  # the recipe's final fine-tune before sizing: the most a run that saves time may give it
     spent_s: float = 0.0  # what the run had worked when it planned (dense evaluation, scoring, this probe)
     sized: list[str] = field(default_factory=list)  # what the time budget changed, in words
     advice: str = ""  # a proposal (a CPU run far longer than PROPOSE_ABOVE_S with no budget)
@@ -205,7 +206,7 @@ def plan_run(recipe: Recipe, costs: StepCosts, *, blocks: int, macs_target: floa
     if rc.total_budget is not None:  # equal-budget runs: the fine-tune takes what the stages leave
         final = max(0, rc.total_budget - step_recovery * (filter_likely + tries))
     plan = RunPlan(costs, filter_max, filter_likely, tries, tries_max, step_recovery, final, calib, 0.0, 0.0, rc.time_budget)
-    plan.spent_s = spent
+    plan.spent_s, plan.final_requested = spent, final if rc.total_budget is None else 0
     if rc.time_budget is not None:
         _size(plan, rc.time_budget - spent)
     plan.estimate_s = spent + plan.stage_seconds() + plan.final_seconds()

@@ -185,3 +185,27 @@ def test_without_a_budget_planning_changes_nothing_a_run_draws(digits):
     second = run_stages(copy.deepcopy(dense), ctx, dense, dense_profile(dense, ctx))
     a, b = first.model.state_dict(), second.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("budget, expected", [(100.0, 100), (70.0, 76), (40.0, MIN_FINAL_STEPS)])
+def test_time_the_stages_saved_goes_to_the_final_fine_tune_up_to_the_recipes_own(digits, budget, expected):
+    """One pruning step (filter.steps 1) takes 30 s of a constructed clock; the plan gave the fine-tune 40 of the
+    recipe's 100 steps at 0.5 s. What is left after 30 s (less the 2 s evaluation) pays for up to 100 steps
+    (budget 100 s), for 76 (budget 70 s), or for fewer than the minimum the fine-tune keeps (budget 40 s)."""
+    torch.manual_seed(0)
+    dense = create_model("cnn_small", digits.num_classes, digits.in_channels, digits.image_size).eval()
+    r = tiny_recipe(time_budget=budget, final_budget=100).with_overrides({"filter.steps": 1})
+    plan = plan_run(r, COSTS, blocks=0)
+    plan.step_recovery, plan.final_steps, plan.sized = 20, 40, []
+    assert plan.final_requested == 100
+    clock = Clock()
+    ctx = start_run(dense, digits, r, dense_val_acc=50.0)
+    ctx.clock, ctx._since, ctx.state.plan = clock, clock(), plan.to_json()
+
+    def on_step(rec):
+        clock.now += 30.0
+
+    ctx.on_step = on_step
+    run_stages(copy.deepcopy(dense), ctx, dense)
+    assert [s.action for s in ctx.state.trajectory] == ["dense", "prune", "finetune"]
+    assert ctx.state.trajectory[-1].recovery_steps == expected
