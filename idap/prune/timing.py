@@ -211,6 +211,12 @@ def plan_run(recipe: Recipe, costs: StepCosts, *, blocks: int, macs_target: floa
         _size(plan, rc.time_budget - spent)
     plan.estimate_s = spent + plan.stage_seconds() + plan.final_seconds()
     plan.max_s = spent + _stage_seconds(plan, plan.max_filter_steps, plan.max_block_tries) + plan.final_seconds()
+    if rc.time_budget is not None and plan.estimate_s > rc.time_budget and plan.stage_steps:
+        # even the minimums do not fit: the stages will stop by the clock after the steps that do
+        fit = max(0, int((rc.time_budget - spent - plan.final_seconds()) / plan.pruning_step_seconds()))
+        plan.estimate_s = spent + fit * plan.pruning_step_seconds() + plan.final_seconds()
+        plan.advice = (f"at the minimum recovery only {fit} of the likely {plan.stage_steps} pruning steps fit: the "
+                       "stages will stop by the clock (a larger budget, or a smaller recovery.batch_size, buys more)")
     if rc.time_budget is None and costs.device == "cpu" and plan.estimate_s > PROPOSE_ABOVE_S:
         plan.advice = (f"the recipe's recovery budgets are sized for a GPU: --time-budget "
                        f"{_round_minutes(PROPOSE_ABOVE_S)} (recovery.time_budget) sizes them to fit")

@@ -92,11 +92,22 @@ def test_a_tiny_budget_keeps_the_minimums_and_shrinks_costly_scoring():
     assert plan.calibration_size == MIN_CALIBRATION  # scoring would have taken the whole budget
 
 
+def test_when_even_the_minimums_do_not_fit_the_plan_says_how_many_steps_will():
+    slow = StepCosts(optimizer_step=10.0, evaluation=3.0, scoring=3.0, calibration_size=2048)
+    plan = plan_run(Recipe.from_dict({"target_macs_reduction": 1.5, "recovery": {"time_budget": "15m"}}), slow,
+                    blocks=6, macs_target=1.5)
+    assert plan.step_recovery == MIN_STEP_RECOVERY
+    fit = int((900 - plan.final_seconds()) / plan.pruning_step_seconds())
+    assert 0 < fit < plan.stage_steps and f"only {fit} of the likely {plan.stage_steps}" in plan.advice
+    assert plan.estimate_s <= 900 and plan.estimate_s == pytest.approx(fit * plan.pruning_step_seconds()
+                                                                       + plan.final_seconds())
+
+
 def test_a_long_cpu_run_without_a_budget_proposes_one():
     slow = StepCosts(optimizer_step=15.0, evaluation=10.0, scoring=5.0, calibration_size=128, device="cpu")
     assert "--time-budget" in plan_run(Recipe(), slow, blocks=5).advice
     assert plan_run(Recipe(), StepCosts(15.0, 10.0, 5.0, 128, device="cuda"), blocks=5).advice == ""
-    assert plan_run(Recipe.from_dict({"recovery": {"time_budget": "1h"}}), slow, blocks=5).advice == ""
+    assert "--time-budget" not in plan_run(Recipe.from_dict({"recovery": {"time_budget": "1h"}}), slow, blocks=5).advice
     assert "time budget 1 h 00 min" in plan_run(Recipe.from_dict({"recovery": {"time_budget": "1h"}}), slow,
                                                 blocks=5).line()
 
