@@ -22,7 +22,9 @@ _OUTPUT_MARKERS = ("report.json", "model", "architecture.json", "metrics.json")
 
 
 def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    # one write of the whole line: processes sharing a stderr pipe (benchmark workers) never split each other's lines
+    sys.stderr.write(f"{msg}\n")
+    sys.stderr.flush()
 
 
 def print_step(step: StepRecord, progress: str = "") -> None:

@@ -24,9 +24,10 @@ from tests.integration.services import create_bucket, start_moto
 BUCKET = "idap-images"
 ROOT = Path(__file__).resolve().parents[2]
 RECIPE = {
-    "calibration_size": 32, "validation_size": 64, "eval_batch_size": 128, "device": "cpu", "max_accuracy_drop": 50.0,
-    # round_to 1: every step removes channels by construction (rounded to 8, a 10 % step of cnn_small's narrow
-    # layers could round to nothing, and the MACs check below would then rest on where the scores fell)
+    # max_accuracy_drop 100 (no step can be rolled back) and round_to 1 (no step rounds to nothing): every filter
+    # step removes channels by construction, so the MACs check below never rests on what 4 recovery steps learnt
+    # (with 50 pp it failed on an Intel Xeon: 1.0x)
+    "calibration_size": 32, "validation_size": 64, "eval_batch_size": 128, "device": "cpu", "max_accuracy_drop": 100.0,
     "filter": {"steps": 2, "p0": 0.1, "round_to": 1},
     "layer": {"enabled": False},
     "recovery": {"step_budget": 4, "final_budget": 4, "batch_size": 32},
@@ -149,7 +150,7 @@ def test_compress_pipeline_streams_an_s3_image_folder(s3_env, tmp_path):
     assert report["dataset"]["content_hash"] == splits.content_hash and report["dataset"]["streamed"] is True
     assert report["dataset"]["sizes"] == splits.describe()["sizes"]
     # The dense model learnt from the streamed files (10 classes: chance is 10 %), so images and labels agree.
-    assert report["dense"]["test_acc"] > 30.0 and report["ratios"]["macs_reduction"] > 1.0
+    assert report["dense"]["test_acc"] > 30.0 and report["ratios"]["macs_reduction"] > 1.0, report["trajectory"]
     console = proc.stdout + proc.stderr
     for i, task in enumerate(("prepare-data", "train-baseline", "score-divergence", "prune-filters", "prune-layers",
                               "finetune", "evaluate", "register-model"), 1):
