@@ -29,22 +29,24 @@ def evaluate(
     from components.services import artifacts, summaries, tracking
     from idap.bundle import load_bundle
     from idap.data import load_splits
-    from idap.prune.timing import RunPlan, time_summary
+    from idap.prune.state import RunState, StepRecord
+    from idap.prune.timing import time_summary
     from idap.report import compression_report
     from idap.report.files import write_report
 
     recipe = artifacts.recipe_from_json(recipe_json)
     splits = load_splits(data.path)
-    records = artifacts.load_trajectory(trajectory.path)  # the run state's trajectory
+    doc = artifacts.read_json(trajectory.path)  # the run state (or, from an older run, its bare trajectory)
+    state = RunState.from_json(doc) if isinstance(doc, dict) else None
+    records = state.trajectory if state is not None else [StepRecord(**s) for s in doc]
     steps = [s.to_json() for s in records]
-    state = artifacts.read_json(trajectory.path)
-    plan = RunPlan.from_json(state["plan"]) if isinstance(state, dict) and state.get("plan") else None
+    plan = state.time_plan if state is not None else None
     with tracking.step_run(parent_run_id, "evaluate", params={"measure_latency": measure_latency}) as t:
         result = compression_report(
             load_bundle(dense.path), load_bundle(model.path), splits, recipe=recipe.to_dict(), steps=steps,
             profile=artifacts.profile_json(artifacts.read_json(profile.path)), latency=measure_latency,
             extra={"compress_seconds": round(sum(s["seconds"] for s in steps), 1),
-                   "time": time_summary(plan, state.get("time_spent", 0.0) if plan else 0.0, records)})
+                   "time": time_summary(plan, state.time_spent if plan else 0.0, records)})
         with tempfile.TemporaryDirectory() as tmp:
             paths = write_report(result, tmp)
             Path(report.path).write_text(artifacts.embed_images(paths["markdown"].read_text(), tmp))

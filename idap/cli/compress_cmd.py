@@ -203,8 +203,8 @@ def _write_outputs(opts: CompressOptions, result: CompressionResult, data, tmp: 
     report = compression_report(result.dense.cpu(), model, data, recipe=recipe.to_dict(),
                                 steps=[s.to_json() for s in result.steps], profile=result.profile.to_json(),
                                 latency=opts.latency, extra={"compress_seconds": round(result.seconds, 1),
-                                                             "time": time_summary(plan_of(result), result.seconds,
-                                                                                  result.steps)})
+                                                             "time": time_summary(result.state and result.state.time_plan,
+                                                                                  result.seconds, result.steps)})
     metadata = {"report": {k: report[k] for k in ("dense", "compressed", "ratios")}, "dataset": data.describe(),
                 "recipe_digest": recipe.digest(), "base_model": opts.model_dir or opts.model}
     tmp.mkdir(parents=True, exist_ok=True)
@@ -217,11 +217,6 @@ def _write_outputs(opts: CompressOptions, result: CompressionResult, data, tmp: 
     (tmp / "recipe.yaml").write_text(recipe.to_yaml())
     write_report(report, tmp)
     return report
-
-
-def plan_of(result: CompressionResult) -> RunPlan | None:
-    """The time plan a run made (in its final state)."""
-    return RunPlan.from_json(result.state.plan) if result.state is not None and result.state.plan else None
 
 
 def cmd_compress(args: argparse.Namespace) -> int:

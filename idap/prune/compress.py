@@ -148,7 +148,7 @@ def plan_time(model: nn.Module, ctx: RunContext, *, scoring: float | None = None
     r = ctx.recipe
     costs = measure_costs(model, x=ctx.data.train_x, y=ctx.data.train_y, recovery=r.recovery, device=ctx.device,
                           evaluate=ctx.evaluate, score=lambda m: dense_profile(m, ctx), scoring=scoring,
-                          calibration_size=min(r.calibration_size, len(ctx.calib[0])), clock=ctx.clock)
+                          calibration_size=len(ctx.calib[0]), clock=ctx.clock)
     blocks = len(block_candidates(model)) if r.layer.enabled else 0
     return plan_run(r, costs, blocks=blocks, macs_target=filter_macs_target(r), spent=ctx.elapsed())
 

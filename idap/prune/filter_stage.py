@@ -21,7 +21,7 @@ from torch import nn
 from idap.measure.metrics import layer_macs
 from idap.prune.importance import FlowImportance, Importance, ScoringContext, create_importance
 from idap.prune.schedule import channels_to_remove, prune_fraction
-from idap.prune.state import SEED_FILTER, TIME_BUDGET_REACHED, RunContext, StepRecord, within_budget
+from idap.prune.state import SEED_FILTER, RunContext, StepRecord, within_budget
 from idap.prune.surgery import (
     SurgeryError,
     attention_modules,
@@ -31,6 +31,7 @@ from idap.prune.surgery import (
     prune_channels,
     prune_heads,
 )
+from idap.prune.timing import TIME_BUDGET_REACHED
 
 # A landing step whose rounded widths overshoot the MACs target by more than this lands unrounded (_capped).
 ROUNDING_OVERSHOOT = 0.05

@@ -15,15 +15,9 @@ from torch import nn
 
 from idap.models.prunable import block_candidates
 from idap.prune.divergence import flow_profile
-from idap.prune.state import (
-    LANDING_TOLERANCE,
-    SEED_LAYER,
-    TIME_BUDGET_REACHED,
-    RunContext,
-    StepRecord,
-    within_budget,
-)
+from idap.prune.state import LANDING_TOLERANCE, SEED_LAYER, RunContext, StepRecord, within_budget
 from idap.prune.surgery import remove_block
+from idap.prune.timing import TIME_BUDGET_REACHED
 
 
 def rank_blocks(model: nn.Module, ctx: RunContext) -> list[tuple[str, float]]:

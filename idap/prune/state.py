@@ -26,7 +26,7 @@ from idap.data.splits import DataSplits
 from idap.measure.metrics import accuracy, count_macs, count_params, resolve_device
 from idap.prune.config import Recipe
 from idap.prune.recovery import recover
-from idap.prune.timing import TIME_BUDGET_REACHED, RunPlan  # noqa: F401  (the stages' stop note)
+from idap.prune.timing import MIN_FINAL_STEPS, RunPlan
 
 # Seed offsets so every stage, step and purpose draws from its own stream: a stage run in a separate
 # pipeline step, or resumed after a kill, gets exactly the numbers it gets inside one `idap compress`.
@@ -83,6 +83,11 @@ class RunState:
     plan: dict | None = None  # the run's time plan (idap.prune.timing.RunPlan), made before the first step
     time_spent: float = 0.0  # seconds the run has worked so far (all processes, resumed runs included)
     recovery_timing: list = field(default_factory=lambda: [0, 0.0])  # [optimizer steps, seconds] of recoveries
+
+    @property
+    def time_plan(self) -> RunPlan | None:
+        """The run's time plan (``idap.prune.timing``), once the run has made it."""
+        return RunPlan.from_json(self.plan) if self.plan else None
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -251,7 +256,7 @@ class RunContext:
     # ---- time ----------------------------------------------------------------------------------
     @property
     def plan(self) -> RunPlan | None:
-        return RunPlan.from_json(self.state.plan) if self.state.plan else None
+        return self.state.time_plan
 
     def elapsed(self) -> float:
         """Seconds this run has worked: what earlier processes recorded plus this one's time so far."""
@@ -266,22 +271,19 @@ class RunContext:
         steps, seconds = self.state.recovery_timing
         return seconds / steps if steps >= 10 else None
 
-    def out_of_time(self, next_step: float | None = None) -> bool:
-        """True when the time budget cannot pay for the next step (default: a pruning step as planned) and
-        still leave the final fine-tune its planned time."""
+    def out_of_time(self) -> bool:
+        """True when the time budget cannot pay for another pruning step as planned and still leave the final
+        fine-tune its planned time."""
         plan = self.plan
         if plan is None or plan.time_budget is None:
             return False
         rate = self.step_seconds()
-        cost = plan.pruning_step_seconds(rate) if next_step is None else next_step
-        return self.elapsed() + cost + plan.final_seconds(optimizer_step=rate) > plan.time_budget
+        return self.elapsed() + plan.pruning_step_seconds(rate) + plan.final_seconds(rate) > plan.time_budget
 
     def final_steps_in_time(self, steps: int) -> int:
         """The final fine-tune's steps under a time budget: what the time left pays for — fewer than planned
         when the stages overran, more (up to the recipe's own final budget, never beyond) when they ended early,
         and never below the planned minimum: the fine-tune the run planned is always finished."""
-        from idap.prune.timing import MIN_FINAL_STEPS
-
         plan = self.plan
         if plan is None or plan.time_budget is None or steps <= 0:
             return steps

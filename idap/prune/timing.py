@@ -97,11 +97,10 @@ class RunPlan:
     def stage_steps(self) -> int:
         return self.likely_filter_steps + self.block_tries
 
-    def final_seconds(self, steps: int | None = None, optimizer_step: float | None = None) -> float:
+    def final_seconds(self, optimizer_step: float | None = None) -> float:
         """What the final fine-tune costs: its optimizer steps and the evaluation after it (``optimizer_step``:
         seconds per step as observed so far, instead of the probe's)."""
-        steps = self.final_steps if steps is None else steps
-        return steps * (optimizer_step or self.costs.optimizer_step) + self.costs.evaluation
+        return self.final_steps * (optimizer_step or self.costs.optimizer_step) + self.costs.evaluation
 
     def stage_seconds(self) -> float:
         """What the likely stages cost."""

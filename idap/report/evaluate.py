@@ -17,7 +17,8 @@ from idap.measure.metrics import (
     uncounted_modules,
 )
 from idap.measure.speed import measure_speed
-from idap.prune.state import TIME_BUDGET_REACHED, within_budget
+from idap.prune.state import within_budget
+from idap.prune.timing import TIME_BUDGET_REACHED
 
 # A measured speed-up below this fraction of the MACs reduction is flagged: MACs are only a proxy.
 SPEEDUP_AGREEMENT = 0.8
