@@ -308,7 +308,7 @@ class Recipe:
         if not path.is_file():
             raise ConfigError(f"recipe file {path} does not exist")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yaml.load(path.read_text(), Loader=_Loader) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"recipe file {path} is not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
@@ -356,12 +356,20 @@ class Recipe:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads ``5e-5`` (no dot) as a string; recipes read it as the number everyone means (YAML 1.2)."""
+
+
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like section.field=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else None
+        value = yaml.load(raw, Loader=_Loader) if raw != "" else None
     except yaml.YAMLError as exc:
         raise ConfigError(f"override {text!r}: cannot parse value: {exc}") from exc
     return key.strip(), value

@@ -62,3 +62,13 @@ def test_bad_recipe_files(tmp_path):
         Recipe().with_overrides(["filter.steps"])
     with pytest.raises(ConfigError, match="unknown recipe field"):
         Recipe().with_overrides(["filter.nope=1"])
+
+
+def test_exponent_numbers_without_a_dot_are_numbers_in_overrides_and_recipe_files(tmp_path):
+    # YAML 1.1 (PyYAML's safe_load) reads 5e-5 as the string '5e-5': recovery.lr=5e-5 was rejected as "not a number"
+    r = Recipe().with_overrides(["recovery.lr=5e-5", "recovery.final_lr=1E-4", "max_accuracy_drop=2e0"])
+    assert (r.recovery.lr, r.recovery.final_lr, r.max_accuracy_drop) == (5e-5, 1e-4, 2.0)
+    path = tmp_path / "r.yaml"
+    path.write_text("recovery:\n  lr: 5e-5\n  teacher: dense\n")
+    loaded = Recipe.from_yaml(path)
+    assert loaded.recovery.lr == 5e-5 and loaded.recovery.teacher == "dense"
