@@ -119,11 +119,20 @@ def final_finetune(model: nn.Module, ctx: RunContext, dense: nn.Module, *, spent
     r = ctx.recipe
     started = time.perf_counter()
     steps = ctx.final_steps_in_time(final_budget(r, ctx.recovery_spent() if spent is None else spent))
+    before = ctx.evaluate(model) if steps > 0 else None
+    kept = {k: v.detach().clone() for k, v in model.state_dict().items()} if steps > 0 else None
     stats = recover(model, dense, ctx.data.train_x, ctx.data.train_y, steps=steps, config=r.recovery,
                     seed=r.seed + SEED_FINAL, device=ctx.device, lr=r.recovery.final_lr, schedule="cosine",
                     progress=ctx.progress, desc="final fine-tune")
     acc = ctx.evaluate(model)
-    rec = ctx.record(model, "finetune", 0, "finetune", val_acc=acc, started=started, note=f"{stats.steps} steps",
+    note = f"{stats.steps} steps"
+    if before is not None and acc < before:
+        # A fine-tune that lowers validation accuracy (a learning rate wrong for the model, too few steps to
+        # settle) is never kept: the model before it is already a valid result of the stages.
+        model.load_state_dict(kept)
+        note += f"; it lowered validation accuracy {before:.2f} -> {acc:.2f} %: kept the model before it"
+        acc = before
+    rec = ctx.record(model, "finetune", 0, "finetune", val_acc=acc, started=started, note=note,
                      recovery_steps=stats.steps)
     ctx.state.advance("done")
     ctx.save_point(model)

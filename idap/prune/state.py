@@ -287,7 +287,7 @@ class RunContext:
         plan = self.plan
         if plan is None or plan.time_budget is None or steps <= 0:
             return steps
-        left = plan.time_budget - self.elapsed() - plan.costs.evaluation
+        left = plan.time_budget - self.elapsed() - 2 * plan.costs.evaluation  # before and after it
         fits = int(left / max(self.step_seconds() or plan.costs.optimizer_step, 1e-9))
         return max(min(steps, MIN_FINAL_STEPS), min(max(steps, plan.final_requested), fits))
 

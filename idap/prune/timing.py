@@ -98,9 +98,9 @@ class RunPlan:
         return self.likely_filter_steps + self.block_tries
 
     def final_seconds(self, optimizer_step: float | None = None) -> float:
-        """What the final fine-tune costs: its optimizer steps and the evaluation after it (``optimizer_step``:
-        seconds per step as observed so far, instead of the probe's)."""
-        return self.final_steps * (optimizer_step or self.costs.optimizer_step) + self.costs.evaluation
+        """What the final fine-tune costs: its optimizer steps and the evaluations before and after it
+        (``optimizer_step``: seconds per step as observed so far, instead of the probe's)."""
+        return self.final_steps * (optimizer_step or self.costs.optimizer_step) + 2 * self.costs.evaluation
 
     def stage_seconds(self) -> float:
         """What the likely stages cost."""
@@ -241,7 +241,7 @@ def _size(plan: RunPlan, available: float) -> None:
     stages_wanted = plan.stage_steps * plan.step_recovery
     # the final fine-tune keeps the share of the optimizer steps the recipe gives it, within [25 %, 60 %]
     share = min(0.6, max(0.25, plan.final_steps / max(1, plan.final_steps + stages_wanted)))
-    plan.final_steps = max(MIN_FINAL_STEPS, min(plan.final_steps, int((available * share - c.evaluation) / opt)))
+    plan.final_steps = max(MIN_FINAL_STEPS, min(plan.final_steps, int((available * share - 2 * c.evaluation) / opt)))
     left = max(0.0, available - plan.final_seconds())
     if plan.stage_steps:
         scoring = plan.likely_filter_steps * c.scoring

@@ -230,3 +230,22 @@ def test_report_flags_a_model_outside_the_budget():
     assert report["within_budget"] is False and any("budget" in w for w in report["warnings"])
     ok = build_report(dense=side, compressed=side, steps=[], recipe={"max_accuracy_drop": 1.0}, dataset={}, model_name="m")
     assert ok["within_budget"] is True and not ok["warnings"]
+
+
+@pytest.mark.parametrize("before, after, kept", [(80.0, 70.0, "before"), (70.0, 80.0, "fine-tuned")])
+def test_a_final_fine_tune_that_lowers_validation_accuracy_is_not_kept(digits, trained_resnet20, before, after, kept):
+    """Constructed evaluations (the one before the fine-tune reads ``before``, the one after ``after``): the
+    model after the fine-tune is kept only when it did not lower validation accuracy."""
+    from idap.prune.compress import final_finetune
+
+    r = recipe(max_accuracy_drop=100.0, layer={"enabled": False}, recovery={"final_budget": 5, "final_lr": 0.05})
+    ctx = RunContext.create(copy.deepcopy(trained_resnet20), digits, r, dense_val_acc=90.0)
+    readings = iter([before, after])
+    ctx.evaluate = lambda model: next(readings)
+    model = copy.deepcopy(trained_resnet20)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    model, (rec,) = final_finetune(model, ctx, trained_resnet20)
+    same = all(torch.equal(start[k], v) for k, v in model.state_dict().items())
+    assert same == (kept == "before")
+    assert rec.action == "finetune" and rec.recovery_steps == 5 and rec.val_acc == max(before, after)
+    assert ("kept the model before it" in rec.note) == (kept == "before")
