@@ -43,6 +43,10 @@ def test_finetune_compress_evaluate(hf_dir, tmp_path, capsys, margin):
     margin("largest drop of a step (pp), budget 20", max(drops), 20.0, above=False)
     assert margin("MACs reduction, at least", out["macs_reduction"], 1.4) >= 1.4
     assert report["dense"]["macs"] > report["compressed"]["macs"] and report["trajectory"][0]["action"] == "dense"
+    # no --recipe: the text settings (an encoder's learning rate, logit KD from the dense model), the --set items win
+    used = report["recipe"]
+    assert (used["recovery"]["lr"], used["recovery"]["lambda_kd"], used["recovery"]["teacher"]) == (5e-5, 1.0, "dense")
+    assert (used["filter"]["steps"], used["recovery"]["step_budget"]) == (3, 3)
     # the saved model carries its tokenizer and data settings: evaluate cuts the same splits
     assert main(["text", "evaluate", "--model-dir", str(tmp_path / "small" / "model"), "--data", str(corpus)]) == 0
     again = json.loads(capsys.readouterr().out)  # idap evaluate's JSON
