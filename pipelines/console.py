@@ -42,6 +42,7 @@ TRAJECTORY = re.compile(r"^\s*\[(dense|filter|layer|finetune) (\d+)\] (\S+)\s+pa
 TQDM = re.compile(r"(?:^|\s)(?:(?P<desc>[^:|]{1,40}):\s+)?(?P<pct>\d{1,3})%\|[^|]*\|\s*(?P<n>\d+)/(?P<total>\d+)")
 # A step's own one-line results, as the components print them.
 HEADLINES = re.compile(r"^\s*(data: |dense baseline |compressed: |registered |layer stage disabled|profile: |scored )")
+PLAN = re.compile(r"^\s*plan: optimizer step ")
 # kfp and MLflow log through these; a quiet run keeps them out of the console (they still reach the log).
 NOISY_LOGGERS = ("kfp", "mlflow", "alembic", "urllib3", "botocore", "git")
 TAIL_LINES = 25
@@ -149,6 +150,11 @@ class StepConsole:
             self._draw()
         elif HEADLINES.match(line):
             self._headline = line.strip()
+        elif PLAN.match(line) and not self.verbose and not self.quiet:
+            # the run's time plan (idap.prune.timing): worth seeing before the steps it estimates run
+            self._clear_live()
+            self._print(f"    {line.strip()}")
+            self._draw()
 
     def _start(self, name: str) -> None:
         self.index += 1

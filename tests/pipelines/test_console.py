@@ -184,3 +184,19 @@ def test_on_a_narrow_terminal_the_bar_narrows_and_the_counts_stay(tmp_path, monk
     assert len(line) <= 80 and "step 3/5  recovery |" in line and line.endswith("| 12/25"), line
     console.progress = ("train", 48, 188)
     assert console.live_line().endswith("| 48/188") and "|#" in console.live_line()
+
+
+PLAN_LINE = ("plan: optimizer step 370 ms, evaluation 3.4 s, scoring 2.0 s on cpu; up to 40 filter step(s) and 7 "
+             "block tries (likely 6 and 7), 44 + 841 optimizer steps of recovery + fine-tune; estimated 9 min 57 s")
+
+
+def test_the_time_plan_reaches_the_console_before_the_step_ends(tmp_path):
+    marker = "    [filter 0] prune"
+    with_plan = KFP_OUTPUT.replace(marker, f"    {PLAN_LINE}\n{marker}")
+    screen, log, _ = run_console(tmp_path, with_plan)
+    lines = screen.splitlines()
+    assert len(lines) == 3, screen
+    assert lines[1] == f"    {PLAN_LINE}" and lines[2].startswith("[2/8] prune-filters")
+    assert PLAN_LINE in log
+    quiet, _, _ = run_console(tmp_path, with_plan, quiet=True)
+    assert "plan:" not in quiet
