@@ -20,7 +20,7 @@ from idap.atomic import write_text
 from idap.bundle import load_bundle, save_bundle
 from idap.cli import log
 from idap.data import DataSplits
-from idap.measure.metrics import cpu_name
+from idap.measure.metrics import accuracy, cpu_name
 from idap.models import create_model
 from idap.prune.compress import compress
 from idap.prune.config import Recipe
@@ -28,7 +28,7 @@ from idap.prune.recovery import recover, train
 from idap.prune.state import LANDING_TOLERANCE, SEED_FINAL, StepRecord
 from idap.report import evaluate_model
 
-BUDGET_FAMILIES = ("idap", "torch-pruning")  # who runs in budget mode
+BUDGET_FAMILIES = ("idap", "torch-pruning", "ablation")  # who runs in budget mode (ablations: at ablation targets too)
 # Bump when the way a job is run changes, so that cached results of the old procedure are not reused.
 PROCEDURE = {"version": 3, "stage2": f"idap.prune.compress: blocks within target x {1 + LANDING_TOLERANCE}, stage 1 tops up"}
 
@@ -120,7 +120,8 @@ def runs_dir(work: Path, preset: Preset) -> Path:
     default = PRESETS[preset.name].recipe_overrides if preset.name in PRESETS else ()
     extra = preset.recipe_overrides[len(default):] if preset.recipe_overrides[:len(default)] == default else (
         preset.recipe_overrides)
-    return work / (f"{preset.name}--set-{digest(list(extra))}" if extra else preset.name)
+    name = preset.shares_runs_with or preset.name  # an ablation preset reuses its main preset's cached runs
+    return work / (f"{name}--set-{digest(list(extra))}" if extra else name)
 
 
 def dense_settings(preset: Preset) -> dict:
@@ -144,10 +145,14 @@ def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.devi
     model = create_model(preset.model, data.num_classes, data.in_channels, data.image_size)
     started = time.perf_counter()
 
+    curve: list[float] = []  # validation accuracy after each epoch: the page shows whether it plateaued
+
     def on_epoch(epoch: int) -> None:
         spent = time.perf_counter() - started
-        log(f"  dense epoch {epoch}/{preset.train_epochs}: {spent:.0f}s "
-            f"(~{spent / epoch * (preset.train_epochs - epoch):.0f}s left)")
+        if preset.val_curve:
+            curve.append(round(accuracy(model, data.val_x, data.val_y, batch_size=preset.eval_batch, device=device), 2))
+        log(f"  dense epoch {epoch}/{preset.train_epochs}: {spent:.0f}s (~{spent / epoch * (preset.train_epochs - epoch):.0f}s "
+            f"left)" + (f", val {curve[-1]:.2f}%" if curve else ""))
 
     train(model, data.train_x, data.train_y, epochs=preset.train_epochs, batch_size=preset.train_batch,
           lr=preset.train_lr, seed=preset.data_seed, device=device, on_epoch=on_epoch)
@@ -155,13 +160,21 @@ def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.devi
     info = {**evaluate_model(model, data, batch_size=preset.eval_batch, device=device), "settings": settings,
             "train_steps": round(preset.train_epochs * steps_per_epoch), "train_seconds": round(seconds, 1),
             "trained_on": where(device),
-            "digest": digest(settings)}
+            "digest": digest(settings), **({"val_curve": curve, "plateau": plateau(curve)} if curve else {})}
     model = model.cpu().eval()
     save_bundle(model, directory / "model", input_shape=input_shape(data), recipe={"train": settings},
                 metadata={"metrics": info})
     write_json(directory / "dense.json", info)
     log(f"dense {preset.model}: val {info['val_acc']:.2f}% test {info['test_acc']:.2f}% in {seconds:.0f}s")
     return model, info
+
+
+def plateau(curve: list[float], epochs: int = 3, within_pp: float = 0.3) -> dict:
+    """Did validation stop moving: the range of the last ``epochs`` epochs' accuracies against ``within_pp``."""
+    last = curve[-epochs:]
+    moved = max(last) - min(last) if len(last) == epochs else None
+    return {"last_epochs": epochs, "moved_pp": moved, "within_pp": within_pp,
+            "reached": moved is not None and moved < within_pp}
 
 
 # ---- one run -----------------------------------------------------------------------------------------

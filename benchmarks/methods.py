@@ -97,6 +97,15 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            {"recovery.teacher": "previous"}, ablates=("recovery.teacher", "dense", "previous")),
     Method("idap++-score-ranking", "IDAP++, filter.ranking=score (spec)", "ablation", "macs",
            {"filter.ranking": "score"}, ablates=("filter.ranking", "score_per_mac", "score")),
+    # Stage ablation (issue 23): which part of IDAP++ wins. A Torch-Pruning criterion ranks stage 1's channels
+    # and IDAP++'s flow divergence removes blocks in stage 2 (everything else as idap++: its ranking, share, K),
+    # so the row differs from idap++ in the channel criterion only; stage 2 alone (no channel pruning, blocks
+    # until the target or K, then the final fine-tune). Flow channels only is idap++-stage1; ShortGPT-style
+    # block dropping is depth-block-influence.
+    *(Method(f"tp-{c}+blocks", f"{c} channels + IDAP++ flow blocks", "ablation", "macs", {"filter.importance": c},
+             ablates=("filter.importance", "idap", c)) for c in ("taylor", "l1")),
+    Method("idap++-stage2-only", "IDAP++ stage 2 only (flow blocks, no channels)", "ablation", "macs",
+           {"filter.enabled": False}),
     Method("dense-control", "dense + same extra steps (plain CE)", "control", "control", {}),
 )}  # fmt: skip
 

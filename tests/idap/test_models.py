@@ -19,7 +19,7 @@ NUM_CLASSES = 7
 EXPECTED_BLOCKS = {
     "cnn_small": 0, "resnet20": 7, "resnet56": 25, "resnet18": 5, "resnet50": 12, "vgg11_bn": 0,
     "vgg16_bn": 0, "mobilenet_v2": 10, "densenet121": 0, "efficientnet_b0": 9, "convnext_tiny": 18,
-    "vit_small": 6, "resnet_tiny": 3,
+    "vit_small": 6, "resnet_tiny": 3, "resnet14_half": 4,
 }  # fmt: skip
 SLOW_GRAPH = {"convnext_tiny", "resnet50"}  # dependency tracing takes seconds on 2 cores
 

@@ -1,0 +1,64 @@
+"""Issue 23: the converged CPU presets keep the issue's rules, the stage ablation's methods differ from IDAP++
+only where they should, the ablation preset reuses its main preset's cached runs, and the dense plateau check."""
+
+from pathlib import Path
+
+from benchmarks.jobs import base_recipe, keyed_recipe, plan_jobs, plateau, runs_dir
+from benchmarks.methods import METHODS
+from benchmarks.presets import PRESETS
+
+MAIN, ABLATION = "converged-fashion-resnet14h", "converged-fashion-resnet14h-ablation"
+FASHION_TRAIN = 60000  # the train split is what is left after validation and calibration
+
+
+def test_converged_presets_give_every_method_time_to_recover():
+    for name in (MAIN, ABLATION):
+        p = PRESETS[name]
+        train = FASHION_TRAIN - p.validation_size - p.calibration_size
+        recipe = base_recipe(p, 0, "cpu")
+        assert p.step_budget * p.batch_size >= train / 4  # a quarter epoch after each pruning step
+        final = recipe.recovery.final_reserve * p.total_budget  # kept for the final fine-tune
+        assert final * p.batch_size >= 3 * train  # at least 3 epochs
+        # the first T pruning steps (stage 1's whole schedule) keep their quarter epoch out of the rest
+        assert p.total_budget - final >= p.filter_steps * p.step_budget
+        assert p.seeds == (0, 1) and p.budget_pp == 1.0 and p.val_curve
+    assert PRESETS[MAIN].targets == (2.0, 3.0)
+    jobs = plan_jobs(PRESETS[MAIN])
+    assert {j.point for j in jobs if j.method == "idap++"} == {"1pp budget", "2x", "3x"}
+    assert [j.method for j in jobs].count("dense-control") == 2
+
+
+def test_stage_ablation_methods_change_one_part_of_idap():
+    base = base_recipe(PRESETS[MAIN], 1, "cpu")
+    idap = METHODS["idap++"].recipe(base, target=3.0).to_dict()
+    for criterion in ("taylor", "l1"):
+        mixed = METHODS[f"tp-{criterion}+blocks"].recipe(base, target=3.0).to_dict()
+        assert mixed["filter"].pop("importance") == criterion and idap["filter"]["importance"] == "idap"
+        assert mixed == {**idap, "filter": {k: v for k, v in idap["filter"].items() if k != "importance"}}
+    blocks = METHODS["idap++-stage2-only"].recipe(base, target=3.0)
+    assert not blocks.filter.enabled and blocks.layer.enabled and blocks.layer.block_score == "divergence"
+    assert not METHODS["idap++-stage1"].recipe(base, target=3.0).layer.enabled  # flow channels only
+    # budget mode runs the stage ablation too (the user's question), and equal MACs at the ablation target
+    jobs = plan_jobs(PRESETS[ABLATION])
+    assert {j.point for j in jobs if j.method == "tp-taylor+blocks"} == {"1pp budget", "3x"}
+    assert {j.point for j in jobs if j.method == "depth-block-influence"} == {"2 blocks"}
+
+
+def test_ablation_preset_reuses_the_main_presets_cached_runs():
+    main, ablation = PRESETS[MAIN], PRESETS[ABLATION]
+    work = Path("/nonexistent/work")
+    assert runs_dir(work, ablation) == runs_dir(work, main) == work / MAIN
+    shared = {j.key for j in plan_jobs(main)} & {j.key for j in plan_jobs(ablation)}
+    assert {"idap++/3x/seed0", "tp-taylor/1ppbudget/seed1", "dense-control/seed0"} <= shared
+    # what a run's cache key holds besides the method is the same for both presets
+    for field in ("total_budget", "stage_val_size", "model", "dataset", "train_epochs"):
+        assert getattr(main, field) == getattr(ablation, field)
+    for seed in main.seeds:
+        assert keyed_recipe(base_recipe(main, seed, "cpu")) == keyed_recipe(base_recipe(ablation, seed, "cpu"))
+
+
+def test_plateau_is_judged_on_the_last_three_epochs():
+    assert plateau([80.0, 88.0, 91.0, 91.2, 91.1, 91.25])["reached"]  # moved 0.15 pp
+    late = plateau([80.0, 88.0, 90.0, 90.5, 91.0])
+    assert not late["reached"] and late["moved_pp"] == 1.0
+    assert plateau([91.0, 91.1])["moved_pp"] is None and not plateau([91.0, 91.1])["reached"]
