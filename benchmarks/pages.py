@@ -124,6 +124,11 @@ def render_markdown(payload: dict, image: str | None) -> str:
               f"{_modes(p, payload)} In-stage evaluations use {p['stage_val_size']} validation samples; the table "
               f"uses all {p['validation_size']} validation and the full test split.", ""]
     lines += _table(rows, dense)
+    if dense.get("val_curve"):  # converged presets: did the dense model plateau before anyone pruned it
+        pl = dense["plateau"]
+        lines += ["", f"Dense validation accuracy after each training epoch (%): {', '.join(f'{v:.2f}' for v in dense['val_curve'])}"
+                  f" — plateau (moved < {pl['within_pp']:g} pp over the last {pl['last_epochs']} epochs): "
+                  f"**{'reached' if pl['reached'] else 'not reached'}** ({_f(pl['moved_pp'], '.2f')} pp)."]
     lines += published_lines(p, rows, dense)
     if _row(rows, CONTROL) is not None:
         lines += ["", "The dense control has the dense architecture: its speed-up and throughput gain show the timing "

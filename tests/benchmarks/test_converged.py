@@ -62,3 +62,17 @@ def test_plateau_is_judged_on_the_last_three_epochs():
     late = plateau([80.0, 88.0, 90.0, 90.5, 91.0])
     assert not late["reached"] and late["moved_pp"] == 1.0
     assert plateau([91.0, 91.1])["moved_pp"] is None and not plateau([91.0, 91.1])["reached"]
+
+
+def test_the_page_shows_the_dense_curve_and_its_plateau_verdict():
+    from dataclasses import asdict
+
+    from benchmarks.pages import render_markdown
+
+    curve = [80.0, 88.0, 90.0, 90.5, 91.0]
+    dense = {"test_acc": 91.0, "val_acc": 91.0, "params": 1, "macs": 1, "val_curve": curve, "plateau": plateau(curve)}
+    machine = {"cpu": "x", "cores": 2, "torch": "2", "torch_threads": 1, "torch_pruning": "1", "python": "3",
+               "device": "cpu", "date": "today", "git_commit": "abc", "platform": "linux", "load_average": [0, 0, 0]}
+    page = render_markdown({"preset": asdict(PRESETS[MAIN]), "machine": machine, "dense": dense, "runs": [],
+                            "stem": MAIN, "status": "partial: 0/20 jobs"}, None)
+    assert "80.00, 88.00, 90.00, 90.50, 91.00" in page and "**not reached** (1.00 pp)" in page
