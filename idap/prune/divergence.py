@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from idap.prune.activations import forward_hooks
+from idap.prune.parallel import all_reduce_sums, sample_range, world
 
 EPS = 1e-8
 
@@ -298,14 +299,22 @@ def flow_profile(
     was_training = model.training
     model.eval()
     total = 0
+    # under a process group each rank scores its part of the samples and the additive sums are all-reduced
+    rank, ranks = world()
+    if 0 < len(x) < ranks:
+        raise ValueError(f"{len(x)} calibration samples cannot be split over {ranks} workers")
+    first, stop = sample_range(len(x), rank, ranks)
     try:
         with forward_hooks(((n, named[n]) for n in hooked), on_forward):
-            for start in range(0, len(x), batch_size):
-                batch = x[start:start + batch_size].to(device, non_blocking=True)
+            for start in range(first, stop, batch_size):
+                batch = x[start:min(start + batch_size, stop)].to(device, non_blocking=True)
                 model(batch)
                 total += len(batch)
     finally:
         model.train(was_training)
+    if ranks > 1:
+        sums, head_sums, block_sums = all_reduce_sums(sums), all_reduce_sums(head_sums), all_reduce_sums(block_sums)
+        total = int(all_reduce_sums({"n": total})["n"])
     if total == 0:
         raise ValueError("the calibration split is empty")
 

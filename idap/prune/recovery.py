@@ -6,11 +6,17 @@ vocabulary of each token (``batchmean`` over the N·T tokens), so the loss is pe
 Taps are the first, middle and last activation modules of the student; a 1x1 conv (maps) or linear
 (tokens/vectors) adapter bridges widths that pruning changed. Budgets are optimizer steps, batches are
 drawn from in-memory tensors with a seeded generator: the same seed gives the same model.
+
+Under a torch.distributed process group of more than one rank both loops run data-parallel at the same global
+batch (each rank its slice of the single process's batch, DDP, batch-norm statistics as idap.prune.parallel
+says); with an executor handed in by the edge (``parallel.use_executor``) a long call is run on its workers.
 """
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -22,8 +28,10 @@ from tqdm.auto import tqdm
 
 from idap.measure.metrics import is_streamed
 from idap.measure.tokens import token_loss
+from idap.prune import parallel
 from idap.prune.activations import FeatureTaps, activation_modules
 from idap.prune.config import RecoveryConfig
+from idap.prune.parallel import average_grads, mean_over_ranks, prepare, shard, world
 
 
 def select_taps(student: nn.Module, teacher: nn.Module | None = None) -> list[str]:
@@ -55,12 +63,14 @@ class _Batches:
     each epoch is one seeded DataLoader pass, augmented by the split's training transform."""
 
     def __init__(self, x: Tensor, y: Tensor, batch_size: int, seed: int, device: torch.device, augment: bool):
+        self.rank, self.world = world()  # a rank keeps its slice of the single process's global batch
         if len(x) == 0:
             raise ValueError("the training split is empty")
         if len(x) != len(y):
             raise ValueError(f"x and y differ in length: {len(x)} samples vs {len(y)} labels")
         self.x, self.y, self.device, self.augment = x, y, device, augment
         self.batch_size = min(batch_size, len(x))
+        parallel.shard_size(self.batch_size, self.world)  # (raises when the batch does not split evenly)
         self.gen = torch.Generator().manual_seed(seed)
         self._stream = None
         if is_streamed(x):
@@ -78,7 +88,7 @@ class _Batches:
             except StopIteration:
                 self._stream = None
                 continue
-            return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
+            return self._local(xb, yb)
         raise ValueError(f"the training split {self.x!r} yields no full batch of {self.batch_size}")
 
     def next(self) -> tuple[Tensor, Tensor]:
@@ -91,6 +101,11 @@ class _Batches:
         xb, yb = self.x[idx], self.y[idx]
         if self.augment:
             xb = augment_batch(xb, self.gen)
+        return self._local(xb, yb)
+
+    def _local(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        if self.world > 1:
+            xb, yb = shard(xb, self.rank, self.world), shard(yb, self.rank, self.world)
         return xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
 
 
@@ -143,6 +158,15 @@ def recover(
     """
     if steps <= 0:
         return RecoveryStats(0, float("nan"), [])
+    executor = parallel.executor_for(steps)
+    if executor is not None:
+        meta = _delegate(executor, recover_on_rank, student, dict(
+            student=student, teacher=teacher, x=x, y=y, steps=steps, config=config, seed=seed, lr=lr,
+            schedule=schedule, desc=desc, device=device.type))
+        if on_step is not None:
+            for step in range(steps):
+                on_step(step)
+        return RecoveryStats(steps, float(meta["final_loss"]), json.loads(meta["taps"]))
     lr = config.lr if lr is None else lr
     torch.manual_seed(seed)  # adapter init
     use_teacher = teacher is not None and (config.lambda_feat > 0 or config.lambda_kd > 0)
@@ -153,6 +177,7 @@ def recover(
         teacher.to(device).eval()
 
     adapters = nn.ModuleDict()
+    forward, finish = prepare(student, device)  # DDP under a process group, else the student itself
     s_taps, t_taps = FeatureTaps(student, taps), FeatureTaps(teacher, taps) if use_teacher else None
     with s_taps, (t_taps if t_taps is not None else nullcontext()):
         if taps:  # probe shapes once to build width adapters
@@ -174,7 +199,7 @@ def recover(
                 for g in opt.param_groups:
                     g["lr"] = _cosine(step, steps, lr)
             xb, yb = batches.next()
-            logits = student(xb)
+            logits = forward(xb)
             loss = token_loss(logits, yb)
             if use_teacher:
                 with torch.no_grad():
@@ -191,15 +216,17 @@ def recover(
                     loss = loss + config.lambda_kd * tau * tau * kd
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            average_grads(list(adapters.parameters()))
             opt.step()
             loss_value = float(loss.detach())
             if progress and step % 10 == 0:
                 bar.set_postfix(loss=f"{loss_value:.3f}")
             if on_step is not None:
                 on_step(step)
+    finish()
     student.zero_grad(set_to_none=True)
     student.eval()
-    return RecoveryStats(steps, loss_value, taps)
+    return RecoveryStats(steps, mean_over_ranks(loss_value), taps)
 
 
 def train(
@@ -218,18 +245,29 @@ def train(
     on_epoch: Callable[[int], None] | None = None,
 ) -> float:
     """Dense training: SGD with Nesterov momentum and a one-cycle schedule; returns the last loss."""
+    steps_per_epoch = max(1, math.ceil(len(x) / min(batch_size, len(x)))) if len(x) else 1
+    executor = parallel.executor_for(max(1, round(epochs * steps_per_epoch)))
+    if executor is not None:
+        meta = _delegate(executor, train_on_rank, model, dict(
+            model=model, x=x, y=y, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+            seed=seed, augment=augment, device=device.type))
+        if on_epoch is not None:
+            for epoch in range(1, int(epochs) + 1):
+                on_epoch(epoch)
+        return float(meta["final_loss"])
     torch.manual_seed(seed)
     batches = _Batches(x, y, batch_size, seed, device, augment)
     steps_per_epoch = max(1, math.ceil(len(x) / batches.batch_size))
     total = max(1, round(epochs * steps_per_epoch))
     model.to(device).train()
+    forward, finish = prepare(model, device)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
     loss_value = float("nan")
     bar = tqdm(range(total), desc="train", disable=not progress, dynamic_ncols=True)
     for step in bar:
         xb, yb = batches.next()
-        loss = token_loss(model(xb), yb)
+        loss = token_loss(forward(xb), yb)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -239,5 +277,41 @@ def train(
             bar.set_postfix(loss=f"{loss_value:.3f}", epoch=f"{step / steps_per_epoch:.2f}")
         if on_epoch is not None and (step + 1) % steps_per_epoch == 0:
             on_epoch((step + 1) // steps_per_epoch)
+    finish()
     model.eval()
-    return loss_value
+    return mean_over_ranks(loss_value)
+
+
+# --- one rank's part of a call handed to an executor (top-level functions: they travel to the workers) ----------
+
+
+def _rank_device(kind: str) -> torch.device:
+    if kind == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
+def recover_on_rank(payload: dict) -> tuple[dict[str, Tensor], dict[str, str]]:
+    p = dict(payload)
+    student = p.pop("student")
+    stats = recover(student, p.pop("teacher"), p.pop("x"), p.pop("y"), device=_rank_device(p.pop("device")), **p)
+    return _cpu_state(student), {"final_loss": repr(stats.final_loss), "taps": json.dumps(stats.taps)}
+
+
+def train_on_rank(payload: dict) -> tuple[dict[str, Tensor], dict[str, str]]:
+    p = dict(payload)
+    model = p.pop("model")
+    loss = train(model, p.pop("x"), p.pop("y"), device=_rank_device(p.pop("device")), **p)
+    return _cpu_state(model), {"final_loss": repr(loss)}
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+
+
+def _delegate(executor, fn, model: nn.Module, payload: dict) -> dict[str, str]:
+    """Run ``fn`` on the executor's workers and load rank 0's trained weights into ``model``."""
+    state, meta = executor.run(fn, payload)
+    model.load_state_dict(state)
+    model.eval()
+    return meta
