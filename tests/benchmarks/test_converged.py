@@ -101,3 +101,17 @@ def test_a_pretrained_preset_starts_its_dense_model_from_the_shipped_weights(tmp
     assert torch.equal(stem, source["_conv_stem.weight"])  # ImageNet weights, not a random init
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 10)  # the head replaced for the task's classes
+
+
+def test_the_converged_text_setting_gives_equal_budgets_and_quarter_epoch_recoveries(tmp_path):
+    from benchmarks.text import CONVERGED, CPU, recipe_for, run_root
+
+    train, batch = 1517, CONVERGED.batch_size  # BBC News articles left for training
+    assert CONVERGED.step_recovery * batch >= train / 4
+    assert CONVERGED.final_reserve * CONVERGED.total_steps * batch >= 3 * train
+    assert set(CONVERGED.targets) == {2.0, 3.0, None} and CONVERGED.seeds == (0, 1)
+    recipes = [recipe_for(m, t, CONVERGED, 0) for m in CONVERGED.methods for t in CONVERGED.targets]
+    assert {(r.recovery.total_budget, r.recovery.final_reserve) for r in recipes} == {(500, 0.58)}
+    assert recipe_for("idap++", 2.0, CPU, 0).recovery.total_budget is None  # the committed setting unchanged
+    assert run_root(CONVERGED, tmp_path) != run_root(CPU, tmp_path)
+    assert run_root(CPU, tmp_path).name == "minilm-bbc-L64-nall-ft200-r6x10+40-b16"  # its cached jobs stay found
