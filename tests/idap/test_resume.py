@@ -12,9 +12,11 @@ from idap.prune.config import Recipe
 from idap.prune.state import RunState
 
 RECIPE = Recipe.from_dict({
-    "seed": 0, "max_accuracy_drop": 60.0, "calibration_size": 64, "eval_batch_size": 256,
+    # budgets of 100 pp: no step or block depends on what training learned, so every run prunes filters, removes
+    # max_removals blocks and fine-tunes, on any CPU (at 60 pp a block's drop came within 6 pp of the budget)
+    "seed": 0, "max_accuracy_drop": 100.0, "calibration_size": 64, "eval_batch_size": 256,
     "filter": {"steps": 3, "p0": 0.1},
-    "layer": {"max_removals": 2, "epsilon": 60.0},
+    "layer": {"max_removals": 2, "epsilon": 100.0},
     "recovery": {"step_budget": 3, "final_budget": 6, "batch_size": 32},
 })
 
@@ -46,12 +48,8 @@ def uninterrupted(trained_resnet20, digits):
 
 
 @pytest.mark.slow
-@pytest.mark.outcome
 @pytest.mark.parametrize("stage,nth", [("filter", 2), ("layer", 1), ("finetune", 1)])
-def test_killed_run_resumes_to_the_same_model(stage, nth, trained_resnet20, digits, uninterrupted, tmp_path, margin):
-    dense_acc = uninterrupted.steps[0].val_acc
-    tried = [dense_acc - r.val_acc for r in uninterrupted.steps if r.stage == "layer"]
-    margin("smallest drop of a block tried (pp), below epsilon 60", min(tried, default=100.0), 60.0, above=False)
+def test_killed_run_resumes_to_the_same_model(stage, nth, trained_resnet20, digits, uninterrupted, tmp_path):
     stages = {r.stage for r in uninterrupted.steps}
     assert {"filter", "layer", "finetune"} <= stages and any(r.action == "remove_block" for r in uninterrupted.steps)
     with pytest.raises(Killed):
