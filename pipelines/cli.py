@@ -32,6 +32,8 @@ from pathlib import Path
 
 from components.services import mlflow_backend, promotion, registry, sources, storage, tracking
 from components.services.artifacts import effective_recipe
+from components.services.ray_connect import SearchError
+from components.services.ray_train import DataParallelError
 from components.services.settings import SettingsError, load_settings
 from idap import cli as idap_cli
 from idap.cli import log
@@ -45,7 +47,7 @@ from pipelines.tune_cli import add_tune_parser
 
 
 EDGE_ERRORS = (*idap_cli.USER_ERRORS, SettingsError, PipelineError, kfp_client.CronError, kfp_client.KfpError,
-               mlflow_backend.TrackingError, sources.SourceError)
+               mlflow_backend.TrackingError, sources.SourceError, SearchError, DataParallelError)
 
 
 # ---- pipeline commands -------------------------------------------------------------------------
@@ -305,6 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--promote-tolerance-pp", type=float, default=0.1,
                           help="with --register: test accuracy slack (pp) for the latency / macs objectives")
     compress.set_defaults(func=cmd_compress)
+    for name in ("train", "compress"):
+        _add_workers(sub.choices[name])
 
     sub.choices["import"].set_defaults(func=cmd_import)  # adds models:/ and s3:// sources
 
@@ -344,10 +348,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_workers(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="data-parallel workers (Ray Train, 1 CPU and 1 thread each) for the dense training and "
+                        "the long fine-tunes; 1 = one process, as before")
+    p.add_argument("--address", default=None,
+                   help="with --workers: a Ray cluster (host:port or ray://host:10001, as idap tune); default a "
+                        "local Ray on this machine's cores")
+
+
+@contextlib.contextmanager
+def data_parallel(args: argparse.Namespace):
+    """``--workers N`` (N > 1): idap's long training calls run on Ray Train for the command's duration."""
+    workers, address = getattr(args, "workers", 1), getattr(args, "address", None)
+    if workers <= 1:
+        if address:
+            raise PipelineError("--address needs --workers N with N > 1 (the workers run on that cluster)")
+        yield None
+        return
+    from components.services.ray_train import RayTrainExecutor
+    from idap.prune.parallel import use_executor
+
+    with RayTrainExecutor(workers=workers, address=address) as executor, use_executor(executor):
+        yield executor
+    if executor.calls:
+        log(f"data-parallel on {workers} workers: " + ", ".join(f"{c['fn']} {c['seconds']:.1f} s"
+                                                               for c in executor.calls))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return idap_cli.run(args)  # --threads, and the library's user errors as one line
+        with data_parallel(args):
+            return idap_cli.run(args)  # --threads, and the library's user errors as one line
     except EDGE_ERRORS as exc:
         log(f"error: {type(exc).__name__}: {exc}")
         return 2

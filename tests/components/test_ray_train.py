@@ -88,3 +88,29 @@ def test_a_worker_killed_mid_run_is_survived_through_failure_config(ray_two_cpus
     assert (tmp_path / "killed").read_text() == "killed"
     assert set(state) == set(model.state_dict()) and float(meta["final_loss"]) > 0
     assert any((tmp_path / "runs").rglob("model.safetensors"))  # the checkpoint went to the run's storage
+
+
+@pytest.mark.slow
+def test_idap_train_workers_2_trains_on_ray_train_and_saves_the_bundle(ray_two_cpus, tmp_path, capsys):
+    import json
+
+    from idap.bundle import load_bundle
+    from pipelines.cli import main
+
+    out = tmp_path / "dense"
+    rc = main(["train", "--model", "cnn_small", "--dataset", "digits", "--epochs", "1", "--batch-size", "64",
+               "--workers", "2", "--out", str(out), "--quiet"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "data-parallel on 2 workers: train_on_rank" in captured.err  # the training ran on Ray Train
+    metrics = json.loads(captured.out.strip().splitlines()[-1])
+    assert metrics["val_acc"] > 0 and load_bundle(out) is not None
+
+
+def test_address_without_workers_is_refused_before_anything_starts(tmp_path, capsys):
+    from pipelines.cli import main
+
+    rc = main(["train", "--model", "cnn_small", "--dataset", "digits", "--address", "127.0.0.1:1",
+               "--out", str(tmp_path / "x")])
+    assert rc == 2 and "--address needs --workers" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
