@@ -37,6 +37,7 @@ def prune_filters(
         ctx = start_run(dense_model, splits, recipe, on_step=artifacts.reporter(t), progress=True,  # recovery bars
                         dense_val_acc=doc["dense"]["val_acc"])
         ctx.on_plan = artifacts.plan_reporter(t)  # the time plan, made before the first pruning step
-        current = run_stages(copy.deepcopy(dense_model), ctx, dense_model, FlowProfile.from_json(doc), until="layer")
+        current = run_stages(copy.deepcopy(dense_model), ctx, dense_model, FlowProfile.from_json(doc), until="layer",
+                             scoring=doc["dense"].get("scoring_seconds"))  # a profile of an older step: None, timed
         artifacts.save_model(current, model, splits, recipe=recipe.to_dict())
         artifacts.save_state(trajectory.path, ctx.state)

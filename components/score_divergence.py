@@ -18,6 +18,7 @@ def score_divergence(
     """One calibration pass over the dense model: ``FlowProfile.to_json()`` plus the dense figures
     (validation accuracy, params, MACs) that every later step compares against."""
     import tempfile
+    import time
 
     from components.services import artifacts, tracking
     from idap.bundle import load_bundle
@@ -30,8 +31,11 @@ def score_divergence(
     model = load_bundle(dense.path)
     with tracking.step_run(parent_run_id, "score_divergence") as t:
         ctx = RunContext.create(model, splits, recipe)
+        started = time.perf_counter()
         doc = dense_profile(model, ctx).to_json()
-        doc["dense"] = {"val_acc": ctx.dense_val_acc, "params": ctx.dense_params, "macs": ctx.dense_macs}
+        # the scoring pass's seconds: the prune step's time plan reuses them instead of scoring once more
+        doc["dense"] = {"val_acc": ctx.dense_val_acc, "params": ctx.dense_params, "macs": ctx.dense_macs,
+                        "scoring_seconds": round(time.perf_counter() - started, 3)}
         artifacts.write_json(profile.path, doc)
         profile.metadata.update({"layers": len(doc["layers"]), "blocks": len(doc["blocks"]), "samples": doc["samples"]})
         with tempfile.TemporaryDirectory() as tmp:

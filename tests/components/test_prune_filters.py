@@ -7,6 +7,7 @@ import pytest
 import torch
 from kfp import dsl
 
+import idap.prune.compress
 import idap.prune.importance
 from components.prune_filters import prune_filters
 from components.services.artifacts import load_trajectory, read_json, recipe_from_json
@@ -39,11 +40,16 @@ def test_same_model_as_filter_stage_in_process(chain):
 
 
 def test_first_step_ranks_by_the_profile_artifact(chain, tmp_path, monkeypatch):
-    calls = []
+    calls, plan_scorings = [], []
     real = idap.prune.importance.flow_profile
     monkeypatch.setattr(idap.prune.importance, "flow_profile", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr(idap.prune.compress, "flow_profile", lambda *a, **k: plan_scorings.append(1) or real(*a, **k))
     prune_filters.python_func(data=chain.out["data"], dense=chain.out["dense"], profile=chain.out["profile"],
                               recipe_json=chain.recipe_json, parent_run_id="",
                               model=dsl.Model(uri=str(tmp_path / "m")), trajectory=dsl.Artifact(uri=str(tmp_path / "t")))
     pruning_steps = [s for s in read_json(tmp_path / "t")["trajectory"] if s["stage"] == "filter"]  # a run state
     assert len(calls) == len(pruning_steps) - 1  # every step scores its model, except the first: the artifact
+    # the time plan reuses the score step's timing of the same pass instead of scoring the dense model again
+    profile_doc = read_json(chain.out["profile"].path)
+    plan = read_json(tmp_path / "t")["plan"]
+    assert plan_scorings == [] and plan["costs"]["scoring"] == profile_doc["dense"]["scoring_seconds"] > 0
