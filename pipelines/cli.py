@@ -307,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--promote-tolerance-pp", type=float, default=0.1,
                           help="with --register: test accuracy slack (pp) for the latency / macs objectives")
     compress.set_defaults(func=cmd_compress)
-    for name in ("train", "compress"):
+    for name in ("train", "compress", "import"):  # import: its --fine-tune
         _add_workers(sub.choices[name])
 
     sub.choices["import"].set_defaults(func=cmd_import)  # adds models:/ and s3:// sources

@@ -140,3 +140,15 @@ def test_two_rank_training_equals_one_process_at_the_same_global_batch(two_ranks
         assert not torch.equal(got, before[name])  # it trained
         assert torch.allclose(got, value, rtol=1e-4, atol=1e-5), name
     assert ranks[0]["loss"] == pytest.approx(loss, rel=1e-4)
+
+
+def test_the_gpu_path_turns_batch_norm_into_sync_batch_norm_and_back_with_its_state():
+    """SyncBatchNorm only runs on GPU here; the conversion round trip itself is checked on CPU."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.Sequential(nn.BatchNorm2d(4)))
+    model[1].running_mean.add_(1.5)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    synced = parallel._bn_to_sync(model)
+    assert isinstance(synced[1], nn.SyncBatchNorm) and isinstance(synced[2][0], nn.SyncBatchNorm)
+    back = parallel._sync_to_bn(synced)
+    assert [type(m) for m in back.modules()] == [type(m) for m in model.modules()]
+    assert all(torch.equal(v, state[k]) for k, v in back.state_dict().items())
