@@ -355,6 +355,9 @@ def _add_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None,
                    help="with --workers: a Ray cluster (host:port or ray://host:10001, as idap tune); default a "
                         "local Ray on this machine's cores")
+    p.add_argument("--storage", default=None,
+                   help="with --workers: Ray Train's run and checkpoint storage, s3://bucket/prefix when the workers "
+                        "run on other machines than this one (default: a temporary local directory)")
 
 
 @contextlib.contextmanager
@@ -362,14 +365,15 @@ def data_parallel(args: argparse.Namespace):
     """``--workers N`` (N > 1): idap's long training calls run on Ray Train for the command's duration."""
     workers, address = getattr(args, "workers", 1), getattr(args, "address", None)
     if workers <= 1:
-        if address:
-            raise PipelineError("--address needs --workers N with N > 1 (the workers run on that cluster)")
+        if address or getattr(args, "storage", None):
+            raise PipelineError("--address and --storage need --workers N with N > 1 (they are the workers')")
         yield None
         return
     from components.services.ray_train import RayTrainExecutor
     from idap.prune.parallel import use_executor
 
-    with RayTrainExecutor(workers=workers, address=address) as executor, use_executor(executor):
+    storage = getattr(args, "storage", None)
+    with RayTrainExecutor(workers=workers, address=address, storage=storage) as executor, use_executor(executor):
         yield executor
     if executor.calls:
         log(f"data-parallel on {workers} workers: " + ", ".join(f"{c['fn']} {c['seconds']:.1f} s"

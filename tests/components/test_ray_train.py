@@ -112,5 +112,5 @@ def test_address_without_workers_is_refused_before_anything_starts(tmp_path, cap
 
     rc = main(["train", "--model", "cnn_small", "--dataset", "digits", "--address", "127.0.0.1:1",
                "--out", str(tmp_path / "x")])
-    assert rc == 2 and "--address needs --workers" in capsys.readouterr().err
+    assert rc == 2 and "--address and --storage need --workers" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
