@@ -109,6 +109,7 @@ def test_shard_helpers_refuse_an_uneven_batch_and_split_samples_evenly():
     assert parallel.world() == (0, 1) and parallel.executor_for(10**6) is None
 
 
+@pytest.mark.slow  # two spawned processes importing torch: 10-25 s once for the module
 def test_two_rank_flow_scores_equal_the_single_process_scores(two_ranks):
     x, _ = _data()
     one = flow_profile(_net(), x[:37], blocks=["2"], batch_size=8).to_json()
@@ -122,6 +123,7 @@ def test_two_rank_flow_scores_equal_the_single_process_scores(two_ranks):
     assert two["blocks"]["2"] == pytest.approx(one["blocks"]["2"], rel=1e-6)
 
 
+@pytest.mark.slow  # two spawned processes importing torch: 10-25 s once for the module
 @pytest.mark.parametrize("job", ["recover", "train"])
 def test_two_rank_training_equals_one_process_at_the_same_global_batch(two_ranks, job):
     """Distillation recovery (feature taps + adapters + KD, augmentation) and dense training: DDP over two
