@@ -40,6 +40,7 @@ from idap.cli import log
 from idap.report.files import summary_lines
 from pipelines import kfp_client
 from pipelines._cli_args import PipelineError, positive_int
+from pipelines.parallel_cli import add_workers, data_parallel
 from pipelines.parameters import PIPELINES, load_pipeline, pipeline_arguments
 from pipelines.tune_cli import add_tune_parser
 
@@ -308,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="with --register: test accuracy slack (pp) for the latency / macs objectives")
     compress.set_defaults(func=cmd_compress)
     for name in ("train", "compress", "import"):  # import: its --fine-tune
-        _add_workers(sub.choices[name])
+        add_workers(sub.choices[name])
 
     sub.choices["import"].set_defaults(func=cmd_import)  # adds models:/ and s3:// sources
 
@@ -346,38 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_schedule)
     add_tune_parser(sub)
     return parser
-
-
-def _add_workers(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--workers", type=positive_int, default=1,
-                   help="data-parallel workers (Ray Train, 1 CPU and 1 thread each) for the dense training and "
-                        "the long fine-tunes; 1 = one process, as before")
-    p.add_argument("--address", default=None,
-                   help="with --workers: a Ray cluster (host:port or ray://host:10001, as idap tune); default a "
-                        "local Ray on this machine's cores")
-    p.add_argument("--storage", default=None,
-                   help="with --workers: Ray Train's run and checkpoint storage, s3://bucket/prefix when the workers "
-                        "run on other machines than this one (default: a temporary local directory)")
-
-
-@contextlib.contextmanager
-def data_parallel(args: argparse.Namespace):
-    """``--workers N`` (N > 1): idap's long training calls run on Ray Train for the command's duration."""
-    workers, address = getattr(args, "workers", 1), getattr(args, "address", None)
-    if workers <= 1:
-        if address or getattr(args, "storage", None):
-            raise PipelineError("--address and --storage need --workers N with N > 1 (they are the workers')")
-        yield None
-        return
-    from components.services.ray_train import RayTrainExecutor
-    from idap.prune.parallel import use_executor
-
-    storage = getattr(args, "storage", None)
-    with RayTrainExecutor(workers=workers, address=address, storage=storage) as executor, use_executor(executor):
-        yield executor
-    if executor.calls:
-        log(f"data-parallel on {workers} workers: " + ", ".join(f"{c['fn']} {c['seconds']:.1f} s"
-                                                               for c in executor.calls))
 
 
 def main(argv: list[str] | None = None) -> int:
