@@ -23,7 +23,9 @@ def test_profile_round_trips_exactly(chain):
     for name, scores in expected.channel.items():
         assert rebuilt.channel[name].dtype == scores.dtype and torch.equal(rebuilt.channel[name], scores)
     assert rebuilt.blocks == expected.blocks and rebuilt.samples == expected.samples
+    scoring = doc["dense"].pop("scoring_seconds")  # the pass's time, for the prune step's time plan
     assert doc["dense"] == {"val_acc": ctx.dense_val_acc, "params": ctx.dense_params, "macs": ctx.dense_macs}
+    assert isinstance(scoring, float) and scoring > 0
 
 
 def test_profile_view_is_a_table_with_the_plot_embedded(chain):
