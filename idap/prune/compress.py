@@ -123,9 +123,9 @@ def final_finetune(model: nn.Module, ctx: RunContext, dense: nn.Module, *, spent
     kept = {k: v.detach().clone() for k, v in model.state_dict().items()} if steps > 0 else None
     stats = recover(model, dense, ctx.data.train_x, ctx.data.train_y, steps=steps, config=r.recovery,
                     seed=r.seed + SEED_FINAL, device=ctx.device, lr=r.recovery.final_lr, schedule="cosine",
-                    progress=ctx.progress, desc="final fine-tune")
+                    progress=ctx.progress, desc="final fine-tune", horizon=ctx.final_horizon(steps))
     acc = ctx.evaluate(model)
-    note = f"{stats.steps} steps"
+    note = f"{stats.steps} steps" + (f" of {steps} planned (time budget)" if stats.steps < steps else "")
     if before is not None and acc < before:
         # A fine-tune that lowers validation accuracy (a learning rate wrong for the model, too few steps to
         # settle) is never kept: the model before it is already a valid result of the stages.

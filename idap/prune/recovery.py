@@ -150,11 +150,16 @@ def recover(
     progress: bool = False,
     desc: str = "recovery",
     on_step: Callable[[int], None] | None = None,
+    horizon: Callable[[int], int] | None = None,
 ) -> RecoveryStats:
-    """Distillation fine-tuning of ``student`` for exactly ``steps`` optimizer steps (in place).
+    """Distillation fine-tuning of ``student`` for ``steps`` optimizer steps (in place).
 
     Args:
         on_step: called with the step's index after each optimizer step (the time plan times them).
+        horizon: called with the steps done after each optimizer step; returns how many the loop may take in all
+            (clamped to [done, ``steps``]; the cosine schedule then decays over the new length). A time budget
+            uses it to shorten a fine-tune whose steps got slower than planned. In-process runs only: a call
+            handed to an executor's workers runs its ``steps``.
     """
     if steps <= 0:
         return RecoveryStats(0, float("nan"), [])
@@ -193,11 +198,12 @@ def recover(
         params = list(student.parameters()) + list(adapters.parameters())
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
         loss_value = float("nan")
-        bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
-        for step in bar:
+        bar = tqdm(total=steps, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)
+        total, step = steps, 0
+        while step < total:
             if schedule == "cosine":
                 for g in opt.param_groups:
-                    g["lr"] = _cosine(step, steps, lr)
+                    g["lr"] = _cosine(step, total, lr)
             xb, yb = batches.next()
             logits = forward(xb)
             loss = token_loss(logits, yb)
@@ -223,10 +229,18 @@ def recover(
                 bar.set_postfix(loss=f"{loss_value:.3f}")
             if on_step is not None:
                 on_step(step)
+            step += 1
+            bar.update(1)
+            if horizon is not None and step < total:
+                total = max(step, min(total, int(horizon(step))))
+                if total != bar.total:
+                    bar.total = total
+                    bar.refresh()
+        bar.close()
     finish()
     student.zero_grad(set_to_none=True)
     student.eval()
-    return RecoveryStats(steps, mean_over_ranks(loss_value), taps)
+    return RecoveryStats(step, mean_over_ranks(loss_value), taps)
 
 
 def train(

@@ -291,6 +291,25 @@ class RunContext:
         fits = int(left / max(self.step_seconds() or plan.costs.optimizer_step, 1e-9))
         return max(min(steps, MIN_FINAL_STEPS), min(max(steps, plan.final_requested), fits))
 
+    def final_horizon(self, steps: int) -> Callable[[int], int] | None:
+        """Under a time budget, the final fine-tune's horizon (``recover(horizon=)``): after a few steps at its own
+        observed pace, the steps the budget still pays for (less the evaluation after it), never below the
+        minimum the plan keeps. A machine that slows down mid-fine-tune (another job starts) then shortens the
+        fine-tune instead of overrunning the budget. None without a budget."""
+        plan = self.plan
+        if plan is None or plan.time_budget is None or steps <= 0:
+            return None
+        started = self.clock()
+
+        def horizon(done: int) -> int:
+            if done < 3:
+                return steps
+            pace = (self.clock() - started) / done
+            left = plan.time_budget - self.elapsed() - plan.costs.evaluation
+            return max(min(steps, MIN_FINAL_STEPS), done + int(left / max(pace, 1e-9)))
+
+        return horizon
+
     def save_point(self, model: nn.Module) -> None:
         """The state now describes ``model`` after a completed step: hand both to the checkpoint callback."""
         self.elapsed()  # the time worked so far travels with the state

@@ -221,3 +221,31 @@ def test_time_the_stages_saved_goes_to_the_final_fine_tune_up_to_the_recipes_own
     run_stages(copy.deepcopy(dense), ctx, dense)
     assert [s.action for s in ctx.state.trajectory] == ["dense", "prune", "finetune"]
     assert ctx.state.trajectory[-1].recovery_steps == expected
+
+
+def test_a_fine_tune_that_slows_down_is_shortened_to_end_within_the_budget(digits, monkeypatch):
+    """The machine slows down mid-run (constructed clock): the pruning step takes 30 s, then every fine-tune step
+    3 s instead of the planned 0.5 s. Budget 200 s: the fine-tune was given 100 steps (300 s at that pace); its
+    horizon, at its own pace, ends it after 56 (30 + 56 x 3 = 198 s, the 2 s evaluation after it fits)."""
+    import idap.prune.compress as compress_module
+
+    torch.manual_seed(0)
+    dense = create_model("cnn_small", digits.num_classes, digits.in_channels, digits.image_size).eval()
+    r = tiny_recipe(time_budget=200.0, final_budget=100).with_overrides({"filter.steps": 1})
+    plan = plan_run(r, COSTS, blocks=0)
+    plan.step_recovery, plan.final_steps, plan.sized = 20, 40, []
+    clock = Clock()
+    ctx = start_run(dense, digits, r, dense_val_acc=50.0)
+    ctx.clock, ctx._since, ctx.state.plan = clock, clock(), plan.to_json()
+    ctx.on_step = lambda rec: setattr(clock, "now", clock.now + (30.0 if rec.stage == "filter" else 0.0))
+    real = compress_module.recover
+
+    def slow(*args, **kwargs):  # the final fine-tune's steps, 3 s each
+        assert kwargs.get("on_step") is None
+        return real(*args, on_step=lambda step: setattr(clock, "now", clock.now + 3.0), **kwargs)
+
+    monkeypatch.setattr(compress_module, "recover", slow)
+    run_stages(copy.deepcopy(dense), ctx, dense)
+    last = ctx.state.trajectory[-1]
+    assert last.action == "finetune" and last.recovery_steps == 56 and "56 steps of 100 planned" in last.note
+    assert clock.now == pytest.approx(30 + 56 * 3) and clock.now + COSTS.evaluation <= 200
