@@ -17,10 +17,10 @@ def add_workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=positive_int, default=1,
                    help="data-parallel workers (Ray Train, 1 CPU and 1 thread each) for the dense training and "
                         "the long fine-tunes; 1 = one process, as before")
-    p.add_argument("--address", default=None,
+    p.add_argument("--address", dest="workers_address", default=None,
                    help="with --workers: a Ray cluster (host:port or ray://host:10001, as idap tune); default a "
                         "local Ray on this machine's cores")
-    p.add_argument("--storage", default=None,
+    p.add_argument("--storage", dest="workers_storage", default=None,
                    help="with --workers: Ray Train's run and checkpoint storage, s3://bucket/prefix when the workers "
                         "run on other machines than this one (default: a temporary local directory)")
 
@@ -28,16 +28,17 @@ def add_workers(p: argparse.ArgumentParser) -> None:
 @contextlib.contextmanager
 def data_parallel(args: argparse.Namespace):
     """``--workers N`` (N > 1): idap's long training calls run on Ray Train for the command's duration."""
-    workers, address = getattr(args, "workers", 1), getattr(args, "address", None)
+    # own dests: idap tune has an --address of its own (its trials' cluster), which must not read as the workers'
+    workers, address = getattr(args, "workers", 1), getattr(args, "workers_address", None)
     if workers <= 1:
-        if address or getattr(args, "storage", None):
+        if address or getattr(args, "workers_storage", None):
             raise PipelineError("--address and --storage need --workers N with N > 1 (they are the workers')")
         yield None
         return
     from components.services.ray_train import RayTrainExecutor
     from idap.prune.parallel import use_executor
 
-    storage = getattr(args, "storage", None)
+    storage = getattr(args, "workers_storage", None)
     with RayTrainExecutor(workers=workers, address=address, storage=storage) as executor, use_executor(executor):
         yield executor
     if executor.calls:

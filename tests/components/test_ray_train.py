@@ -114,3 +114,15 @@ def test_address_without_workers_is_refused_before_anything_starts(tmp_path, cap
                "--out", str(tmp_path / "x")])
     assert rc == 2 and "--address and --storage need --workers" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_idap_tunes_own_address_is_not_read_as_the_workers():
+    """idap tune has an --address of its own (the trials' cluster): it must pass the workers' check (it was refused
+    as '--address ... need --workers' when both flags shared a name)."""
+    from pipelines.cli import build_parser
+    from pipelines.parallel_cli import data_parallel
+
+    args = build_parser().parse_args(["tune", "--model-dir", "m", "--dataset", "digits", "--address", "127.0.0.1:1"])
+    assert args.address == "127.0.0.1:1"
+    with data_parallel(args) as executor:
+        assert executor is None
