@@ -43,7 +43,8 @@ class CompressTail:
 
 
 def compress_tail(*, data, dense, recipe_json, parent_run_id, registered_name, base_model, measure_latency=True,
-                  promote_objective="latency", promote_tolerance_pp=0.1, gpus=0) -> CompressTail:
+                  promote_objective="latency", promote_tolerance_pp=0.1, gpus=0, workers=1, ray_address="",
+                  ray_storage="") -> CompressTail:
     """Add the score -> filters -> layers -> finetune -> evaluate -> register tasks to the current pipeline.
 
     Args:
@@ -53,6 +54,7 @@ def compress_tail(*, data, dense, recipe_json, parent_run_id, registered_name, b
             parent run the steps log into).
         base_model: where the dense model came from, for lineage ("" = what the dense bundle records).
         gpus: GPUs for the recovery steps (filters, layers, finetune): an int or a pipeline parameter.
+        workers, ray_address, ray_storage: the final fine-tune on Ray Train (``components.finetune``).
     """
     common = {"recipe_json": recipe_json, "parent_run_id": parent_run_id}
     score = _step(score_divergence(data=data, dense=dense, **common), "score-divergence")
@@ -61,7 +63,8 @@ def compress_tail(*, data, dense, recipe_json, parent_run_id, registered_name, b
     layers = _step(prune_layers(data=data, dense=dense, in_model=filters.outputs["model"],
                                 in_trajectory=filters.outputs["trajectory"], **common), "prune-layers", gpus)
     tuned = _step(finetune(data=data, dense=dense, in_model=layers.outputs["model"],
-                           in_trajectory=layers.outputs["trajectory"], **common), "finetune", gpus)
+                           in_trajectory=layers.outputs["trajectory"], workers=workers, ray_address=ray_address,
+                           ray_storage=ray_storage, **common), "finetune", gpus)
     report = _step(evaluate(data=data, dense=dense, model=tuned.outputs["model"], trajectory=tuned.outputs["trajectory"],
                             profile=score.outputs["profile"], measure_latency=measure_latency, **common), "evaluate")
     register = _step(register_model(model=tuned.outputs["model"], dense=dense, report_json=report.outputs["report_json"],
@@ -99,6 +102,9 @@ def compress_pipeline(
     promote_tolerance_pp: float = 0.1,
     gpus: int = 0,
     time_budget: str = "",
+    workers: int = 1,
+    ray_address: str = "",
+    ray_storage: str = "",
 ) -> CompressOutputs:
     """Compress ``model_name`` on ``dataset`` with IDAP++ and register the result.
 
@@ -116,6 +122,10 @@ def compress_pipeline(
         gpus: GPUs for each training and recovery step on a cluster (0 = CPU only; the local runner ignores it).
         time_budget: wall time for the compression steps, e.g. "20m" (``recovery.time_budget``: the recovery
             budgets are sized to fit from the step times measured on the cluster's machine); "" = the recipe's.
+        workers: data-parallel Ray Train workers for the final fine-tune (1 = in the step's process);
+            ray_address: their Ray cluster ("" = a local Ray in the step; on Kubeflow the RayCluster's GCS
+            address, e.g. idap-ray-head-svc:6379); ray_storage: Ray Train's checkpoint storage, an s3:// prefix
+            when the workers are other machines ("" = a local temporary directory).
     """
     prep = _step(prepare_data(dataset=dataset, data_root=data_root, recipe_json=recipe_json, seed=seed,
                               max_accuracy_drop=max_accuracy_drop, target_macs_reduction=target_macs_reduction,
@@ -128,6 +138,7 @@ def compress_pipeline(
     tail = compress_tail(data=prep.outputs["data"], dense=base.outputs["dense"], recipe_json=recipe,
                          parent_run_id=parent, registered_name=registered_name, base_model=base_model_uri,
                          measure_latency=measure_latency, promote_objective=promote_objective,
-                         promote_tolerance_pp=promote_tolerance_pp, gpus=gpus)
+                         promote_tolerance_pp=promote_tolerance_pp, gpus=gpus, workers=workers,
+                         ray_address=ray_address, ray_storage=ray_storage)
     return CompressOutputs(model=tail.finetune.outputs["model"], report=tail.evaluate.outputs["report"],
                            registration=tail.register.output)

@@ -17,6 +17,7 @@ Connection rules are ``idap tune``'s (:func:`components.services.ray_connect.sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -27,7 +28,7 @@ from typing import Any
 
 from components.services.ray_connect import start_ray, tune_storage
 
-__all__ = ["DataParallelError", "RayTrainExecutor", "run_data_parallel"]
+__all__ = ["DataParallelError", "RayTrainExecutor", "run_data_parallel", "step_workers"]
 
 
 class DataParallelError(RuntimeError):
@@ -149,3 +150,25 @@ class RayTrainExecutor:
 
             ray.shutdown()
             self._owns_ray = False
+
+
+@contextlib.contextmanager
+def step_workers(workers: int, address: str = "", storage: str = "", *, min_steps: int = 1):
+    """A pipeline step's training calls on Ray Train for the step's duration (the ``workers`` / ``ray_address`` /
+    ``ray_storage`` pipeline parameters); ``workers`` 1 runs them in the step's process, as before.
+
+    Args:
+        min_steps: the shortest call handed over (1 in the finetune step: the fine-tune is all it trains).
+    """
+    if workers <= 1:
+        if address or storage:
+            raise ValueError(f"ray_address / ray_storage need workers > 1 (they are the workers'), got workers={workers}")
+        yield None
+        return
+    from idap.prune.parallel import use_executor
+
+    with RayTrainExecutor(workers=workers, address=address or None, storage=storage or None,
+                          min_steps=min_steps) as executor, use_executor(executor):
+        yield executor
+    print(f"data-parallel on {workers} workers: " + (", ".join(f"{c['fn']} {c['seconds']:.1f} s" for c in executor.calls)
+                                                    or "no call was long enough to hand over"), flush=True)

@@ -88,3 +88,13 @@ def service_env(mlflow_server, tmp_path, monkeypatch):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return dict(os.environ)
+
+
+@pytest.fixture(scope="package")
+def cluster(moto_s3, tmp_path_factory):
+    """The RayCluster-shaped local cluster (head + worker node on 127.0.0.1, tests/integration/test_ray_cluster.py),
+    started once for every test that needs it: a start and a stop cost about a minute each on the 2-core VM."""
+    from tests.integration.test_ray_cluster import running_cluster
+
+    with running_cluster(moto_s3, tmp_path_factory) as started:
+        yield started

@@ -166,8 +166,10 @@ def start_cluster(log_dir: Path, env: dict, timeout: float = 300) -> Cluster:
 
 
 # ---- fixtures -------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def cluster(moto_s3, tmp_path_factory):
+@contextlib.contextmanager
+def running_cluster(moto_s3, tmp_path_factory):
+    """The cluster for the package (tests/integration/conftest.py's ``cluster``: one start for this module's
+    tests and test_ray_train_cluster.py's)."""
     root = Path(sys.executable).parent
     env = {k: v for k, v in os.environ.items() if k not in NOT_ON_THE_CLUSTER}
     env.update({**TELEMETRY_OFF, **MOTO_CREDENTIALS, "AWS_SECRET_ACCESS_KEY": SECRET, "RAY_AUTH_MODE": "disabled",
