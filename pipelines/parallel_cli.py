@@ -35,12 +35,8 @@ def data_parallel(args: argparse.Namespace):
             raise PipelineError("--address and --storage need --workers N with N > 1 (they are the workers')")
         yield None
         return
-    from components.services.ray_train import RayTrainExecutor
-    from idap.prune.parallel import use_executor
+    from components.services.ray_train import step_workers
 
     storage = getattr(args, "workers_storage", None)
-    with RayTrainExecutor(workers=workers, address=address, storage=storage) as executor, use_executor(executor):
+    with step_workers(workers, address or "", storage or "", min_steps=None, report=log) as executor:
         yield executor
-    if executor.calls:
-        log(f"data-parallel on {workers} workers: " + ", ".join(f"{c['fn']} {c['seconds']:.1f} s"
-                                                               for c in executor.calls))

@@ -153,12 +153,16 @@ class RayTrainExecutor:
 
 
 @contextlib.contextmanager
-def step_workers(workers: int, address: str = "", storage: str = "", *, min_steps: int = 1):
-    """A pipeline step's training calls on Ray Train for the step's duration (the ``workers`` / ``ray_address`` /
-    ``ray_storage`` pipeline parameters); ``workers`` 1 runs them in the step's process, as before.
+def step_workers(workers: int, address: str = "", storage: str = "", *, min_steps: int | None = 1,
+                 report: Callable[[str], None] = print):
+    """A step's or a command's training calls on Ray Train for its duration (the pipeline's ``workers`` /
+    ``ray_address`` / ``ray_storage``, the CLI's ``--workers`` / ``--address`` / ``--storage``); ``workers`` 1 runs
+    them in this process, as before.
 
     Args:
-        min_steps: the shortest call handed over (1 in the finetune step: the fine-tune is all it trains).
+        min_steps: the shortest call handed over (1 in the finetune step: the fine-tune is all it trains; None:
+            :class:`RayTrainExecutor`'s default, which keeps short recoveries local).
+        report: told one line at the end: which calls ran on the workers and how long each took.
     """
     if workers <= 1:
         if address or storage:
@@ -167,8 +171,9 @@ def step_workers(workers: int, address: str = "", storage: str = "", *, min_step
         return
     from idap.prune.parallel import use_executor
 
+    options = {} if min_steps is None else {"min_steps": min_steps}
     with RayTrainExecutor(workers=workers, address=address or None, storage=storage or None,
-                          min_steps=min_steps) as executor, use_executor(executor):
+                          **options) as executor, use_executor(executor):
         yield executor
-    print(f"data-parallel on {workers} workers: " + (", ".join(f"{c['fn']} {c['seconds']:.1f} s" for c in executor.calls)
-                                                    or "no call was long enough to hand over"), flush=True)
+    report(f"data-parallel on {workers} workers: " + (", ".join(f"{c['fn']} {c['seconds']:.1f} s" for c in executor.calls)
+                                                     or "no call was long enough to hand over"))

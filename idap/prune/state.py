@@ -26,7 +26,7 @@ from idap.data.splits import DataSplits
 from idap.measure.metrics import accuracy, count_macs, count_params, resolve_device
 from idap.prune.config import Recipe
 from idap.prune.recovery import recover
-from idap.prune.timing import MIN_FINAL_STEPS, RunPlan
+from idap.prune.timing import FINAL_EVALUATIONS, MIN_FINAL_STEPS, RunPlan
 
 # Seed offsets so every stage, step and purpose draws from its own stream: a stage run in a separate
 # pipeline step, or resumed after a kill, gets exactly the numbers it gets inside one `idap compress`.
@@ -287,7 +287,7 @@ class RunContext:
         plan = self.plan
         if plan is None or plan.time_budget is None or steps <= 0:
             return steps
-        left = plan.time_budget - self.elapsed() - 2 * plan.costs.evaluation  # before and after it
+        left = plan.time_budget - self.elapsed() - FINAL_EVALUATIONS * plan.costs.evaluation
         fits = int(left / max(self.step_seconds() or plan.costs.optimizer_step, 1e-9))
         return max(min(steps, MIN_FINAL_STEPS), min(max(steps, plan.final_requested), fits))
 

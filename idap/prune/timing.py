@@ -38,6 +38,7 @@ __all__ = ["MIN_FINAL_STEPS", "MIN_STEP_RECOVERY", "RunPlan", "StepCosts", "form
 TIME_BUDGET_REACHED = "time budget reached"
 MIN_STEP_RECOVERY = 10  # optimizer steps: below this a recovery does not recover (spec §4's budgets are 100)
 MIN_FINAL_STEPS = 30  # the final fine-tune a time budget keeps however little time is left
+FINAL_EVALUATIONS = 2  # the final fine-tune is evaluated before (its guard) and after
 MIN_CALIBRATION = 128  # samples: the flow scores' floor when a time budget shrinks the calibration set
 SCORING_SHARE = 0.15  # the share of the stages' time scoring passes may take before calibration shrinks
 # Without a time budget on a CPU, a plan estimated above this proposes one (the defaults are sized for a GPU).
@@ -100,7 +101,7 @@ class RunPlan:
     def final_seconds(self, optimizer_step: float | None = None) -> float:
         """What the final fine-tune costs: its optimizer steps and the evaluations before and after it
         (``optimizer_step``: seconds per step as observed so far, instead of the probe's)."""
-        return self.final_steps * (optimizer_step or self.costs.optimizer_step) + 2 * self.costs.evaluation
+        return self.final_steps * (optimizer_step or self.costs.optimizer_step) + FINAL_EVALUATIONS * self.costs.evaluation
 
     def stage_seconds(self) -> float:
         """What the likely stages cost."""
@@ -241,7 +242,7 @@ def _size(plan: RunPlan, available: float) -> None:
     stages_wanted = plan.stage_steps * plan.step_recovery
     # the final fine-tune keeps the share of the optimizer steps the recipe gives it, within [25 %, 60 %]
     share = min(0.6, max(0.25, plan.final_steps / max(1, plan.final_steps + stages_wanted)))
-    plan.final_steps = max(MIN_FINAL_STEPS, min(plan.final_steps, int((available * share - 2 * c.evaluation) / opt)))
+    plan.final_steps = max(MIN_FINAL_STEPS, min(plan.final_steps, int((available * share - FINAL_EVALUATIONS * c.evaluation) / opt)))
     left = max(0.0, available - plan.final_seconds())
     if plan.stage_steps:
         scoring = plan.likely_filter_steps * c.scoring
